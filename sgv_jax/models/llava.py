@@ -1,0 +1,131 @@
+"""The LLaVA / ShareGPT4V VLM: CLIP features → projector → written into the token embeddings at
+the image positions → LLaMA decoder (REFERENCE.md §1.6–1.7).
+
+Pure functions of (params, config, batch). A batch is a dict of arrays with static shapes:
+  input_ids      int32 [B, L]   image positions hold `config.image_token_id` (one per feature row)
+  attention_mask int32 [B, L]   1 = real token (optional: all ones)
+  pixel_values   float [B, H, W, 3] NHWC, CLIP-normalised (optional for text-only batches)
+  labels         int32 [B, L]   unshifted, IGNORE_INDEX where masked (loss only)
+  positions      int32 [B, L]   RoPE positions (optional: 0..L-1, as HF with right padding)
+A sample without an image simply has no image positions: its (zero) image runs through the
+tower, as in the reference, and its features are never read.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from sgv_jax.constants import IGNORE_INDEX
+from sgv_jax.models import clip, llama, projector
+from sgv_jax.models.config import VLMConfig
+from sgv_jax.models.params import cast_floating
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def param_specs(cfg: VLMConfig) -> dict:
+    return {
+        "vision_tower": clip.param_specs(cfg.vision),
+        "projector": projector.param_specs(cfg.projector_type, cfg.vision.hidden_size,
+                                           cfg.text.hidden_size, cfg.projector_bias),
+        "language_model": llama.param_specs(cfg.text),
+    }
+
+
+def remat_wrapper(remat: str) -> Callable:
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat {remat!r}: use one of {sorted(REMAT_POLICIES)}")
+    policy = REMAT_POLICIES[remat]
+    if policy is None:
+        return lambda f: f
+    return lambda f: jax.checkpoint(f, policy=policy)
+
+
+def select_vision_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
+                           remat: str = "none") -> jax.Array:
+    """`hidden_states[vision_feature_layer]`, CLS dropped for 'patch'. [B, P, D_vis]"""
+    hidden = clip.hidden_state(params["vision_tower"], cfg.vision, pixel_values,
+                               cfg.vision_layers_used, remat_wrapper(remat))
+    return hidden[:, 1:] if cfg.vision_feature_select == "patch" else hidden
+
+
+def image_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
+                   remat: str = "none") -> jax.Array:
+    """Projected image features in the decoder's space. [B, P, D]"""
+    feats = select_vision_features(params, cfg, pixel_values, remat)
+    return projector.project(params["projector"], cfg.projector_type, feats)
+
+
+def splice_image_embeddings(token_embeds: jax.Array, features: jax.Array,
+                            is_image: jax.Array) -> jax.Array:
+    """Write feature row j at the j-th image position of each sample (static shapes, a gather).
+
+    token_embeds [B, L, D]; features [B, P, D]; is_image [B, L] bool."""
+    row = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)  # [B, L]
+    gathered = jnp.take_along_axis(features, row[..., None], axis=1)  # [B, L, D]
+    return jnp.where(is_image[..., None], gathered.astype(token_embeds.dtype), token_embeds)
+
+
+def embed_inputs(params: dict, cfg: VLMConfig, batch: dict, dtype, remat: str = "none",
+                 out: dict | None = None) -> jax.Array:
+    """Token embeddings with projected image features spliced in. [B, L, D]"""
+    ids = batch["input_ids"]
+    is_image = ids == cfg.image_token_id
+    lm = params["language_model"]
+    embeds = llama.embed_tokens(lm, jnp.where(is_image, 0, ids), dtype)
+    if batch.get("pixel_values") is None:
+        return embeds
+    vis = select_vision_features(params, cfg, batch["pixel_values"].astype(dtype), remat)
+    feats = projector.project(params["projector"], cfg.projector_type, vis)
+    if out is not None:
+        out["img/features"], out["img/projected"] = vis, feats
+    return splice_image_embeddings(embeds, feats, is_image)
+
+
+def default_positions(input_ids: jax.Array) -> jax.Array:
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+
+
+def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+            remat: str = "none") -> tuple[jax.Array, dict]:
+    """Logits [B, L, V] (fp32) and named intermediates (big_vision style `out`)."""
+    params = cast_floating(params, dtype)
+    out: dict = {}
+    embeds = embed_inputs(params, cfg, batch, dtype, remat, out)
+    mask = batch.get("attention_mask")
+    if mask is None:
+        mask = jnp.ones(batch["input_ids"].shape, jnp.int32)
+    positions = batch.get("positions")
+    if positions is None:
+        positions = default_positions(batch["input_ids"])
+    hidden, _ = llama.decode(params["language_model"], cfg.text, embeds, positions, mask,
+                             remat_block=remat_wrapper(remat))
+    out["llm/hidden"] = hidden
+    return llama.logits(params["language_model"], cfg.text, hidden), out
+
+
+def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Shifted cross-entropy: position t predicts labels[t+1]. Returns (sum of losses over
+    counted tokens, number of counted tokens), so callers choose the normalisation."""
+    logits = logits[:, :-1].astype(jnp.float32)
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
+    losses = jnp.where(counted, logz - picked, 0.0)
+    return losses.sum(), counted.sum()
+
+
+def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+         remat: str = "none") -> jax.Array:
+    """Mean shifted cross-entropy over labels != IGNORE_INDEX in the batch."""
+    logits, _ = forward(params, cfg, batch, dtype, remat)
+    total, count = token_losses(logits, batch["labels"])
+    return total / jnp.maximum(count, 1)
