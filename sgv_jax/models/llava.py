@@ -129,3 +129,16 @@ def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
     logits, _ = forward(params, cfg, batch, dtype, remat)
     total, count = token_losses(logits, batch["labels"])
     return total / jnp.maximum(count, 1)
+
+
+def init(cfg: VLMConfig, key: jax.Array, mesh=None, dtype=jnp.float32) -> dict:
+    """Random parameters; with a mesh they are born sharded by the logical-axis rules (the
+    full tree never exists on one device)."""
+    from sgv_jax.models.params import abstract_params, init_params, logical_axes
+    from sgv_jax.sharding import tree_shardings
+
+    specs = param_specs(cfg)
+    if mesh is None:
+        return jax.jit(lambda k: init_params(specs, k, dtype))(key)
+    shardings = tree_shardings(logical_axes(specs), abstract_params(specs, dtype), mesh)
+    return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)

@@ -1,0 +1,21 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	python3 -m venv .venv
+	.venv/bin/pip install -q --upgrade pip
+	.venv/bin/pip install -q -r requirements-dev.txt
+	touch $(VENV_STAMP)
+
+.PHONY: venv demo test test-fast
+venv: $(VENV_STAMP)
+
+demo: $(VENV_STAMP)
+	$(PY) launch/demo.py --workdir runs/demo
+
+test: $(VENV_STAMP)
+	$(PY) -m pytest tests -q -ra --durations=15
+
+test-fast: $(VENV_STAMP)
+	$(PY) -m pytest tests -q -m "not slow"
