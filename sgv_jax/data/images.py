@@ -22,88 +22,88 @@ ASPECTS = ("square", "pad")
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-  """Preprocessing parameters; defaults are clip-vit-large-patch14-336's (§3.7)."""
+    """Preprocessing parameters; defaults are clip-vit-large-patch14-336's (§3.7)."""
 
-  size: int = 336
-  aspect: str = "square"
-  mean: tuple[float, float, float] = CLIP_MEAN
-  std: tuple[float, float, float] = CLIP_STD
+    size: int = 336
+    aspect: str = "square"
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
 
-  def __post_init__(self):
-    if self.aspect not in ASPECTS:
-      raise ValueError(f"unknown image aspect {self.aspect!r}; expected one of {ASPECTS}")
+    def __post_init__(self):
+        if self.aspect not in ASPECTS:
+            raise ValueError(f"unknown image aspect {self.aspect!r}; expected one of {ASPECTS}")
 
-  @property
-  def background(self) -> tuple[int, int, int]:
-    """expand2square fill: `int(x * 255)` of the mean, (122, 116, 104) for CLIP (§3.7)."""
-    return tuple(int(x * 255) for x in self.mean)
+    @property
+    def background(self) -> tuple[int, int, int]:
+        """expand2square fill: `int(x * 255)` of the mean, (122, 116, 104) for CLIP (§3.7)."""
+        return tuple(int(x * 255) for x in self.mean)
 
 
 def normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-  """[256, 3] float32: the normalised value of each uint8 level per channel, computed with
-  transformers' dtypes (`rescale`: float64 multiply then float32; `normalize`: float32)."""
-  levels = (np.arange(256, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)
-  mean32 = np.asarray(mean, dtype=np.float32)
-  std32 = np.asarray(std, dtype=np.float32)
-  return (levels[:, None] - mean32) / std32
+    """[256, 3] float32: the normalised value of each uint8 level per channel, computed with
+    transformers' dtypes (`rescale`: float64 multiply then float32; `normalize`: float32)."""
+    levels = (np.arange(256, dtype=np.uint8).astype(np.float64) * (1 / 255)).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32)
+    std32 = np.asarray(std, dtype=np.float32)
+    return (levels[:, None] - mean32) / std32
 
 
 def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
-  """LLaVA's expand2square: paste onto a square of side max(w, h), centred (§3.7)."""
-  width, height = image.size
-  if width == height:
-    return image
-  side = max(width, height)
-  result = Image.new(image.mode, (side, side), background)
-  offset = (0, (width - height) // 2) if width > height else ((height - width) // 2, 0)
-  result.paste(image, offset)
-  return result
+    """LLaVA's expand2square: paste onto a square of side max(w, h), centred (§3.7)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    result = Image.new(image.mode, (side, side), background)
+    offset = (0, (width - height) // 2) if width > height else ((height - width) // 2, 0)
+    result.paste(image, offset)
+    return result
 
 
 def resize_shortest_edge(image: Image.Image, size: int) -> Image.Image:
-  """`get_resize_output_image_size(default_to_square=False)` + PIL bicubic resize."""
-  width, height = image.size
-  short, long = (width, height) if width <= height else (height, width)
-  new_long = int(size * long / short)
-  new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-  if (new_w, new_h) == (width, height):
-    # PIL returns a copy for an identity resize; skip the work.
-    return image
-  return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC, reducing_gap=None)
+    """`get_resize_output_image_size(default_to_square=False)` + PIL bicubic resize."""
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    if (new_w, new_h) == (width, height):
+        # PIL returns a copy for an identity resize; skip the work.
+        return image
+    return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC, reducing_gap=None)
 
 
 def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
-  """transformers `center_crop` offsets on [H, W, C] (the image is never smaller here)."""
-  height, width = pixels.shape[:2]
-  top, left = (height - size) // 2, (width - size) // 2
-  return pixels[top:top + size, left:left + size]
+    """transformers `center_crop` offsets on [H, W, C] (the image is never smaller here)."""
+    height, width = pixels.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    return pixels[top:top + size, left:left + size]
 
 
 class ImageProcessor:
-  """Callable: PIL image (any mode) -> [size, size, 3] float32 normalised pixels."""
+    """Callable: PIL image (any mode) -> [size, size, 3] float32 normalised pixels."""
 
-  def __init__(self, config: ImageConfig = ImageConfig()):
-    self.config = config
-    self._table = normalization_table(config.mean, config.std)
-    self._channel = np.arange(3)
+    def __init__(self, config: ImageConfig = ImageConfig()):
+        self.config = config
+        self._table = normalization_table(config.mean, config.std)
+        self._channel = np.arange(3)
 
-  def __call__(self, image: Image.Image) -> np.ndarray:
-    if image.mode != "RGB":
-      image = image.convert("RGB")
-    if self.config.aspect == "pad":
-      image = expand2square(image, self.config.background)
-    image = resize_shortest_edge(image, self.config.size)
-    pixels = center_crop(np.asarray(image), self.config.size)
-    return self._table[pixels, self._channel]
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if self.config.aspect == "pad":
+            image = expand2square(image, self.config.background)
+        image = resize_shortest_edge(image, self.config.size)
+        pixels = center_crop(np.asarray(image), self.config.size)
+        return self._table[pixels, self._channel]
 
-  def blank(self) -> np.ndarray:
-    """The zero image text-only samples carry (§3.5)."""
-    return np.zeros((self.config.size, self.config.size, 3), np.float32)
+    def blank(self) -> np.ndarray:
+        """The zero image text-only samples carry (§3.5)."""
+        return np.zeros((self.config.size, self.config.size, 3), np.float32)
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-  """Opens and fully decodes an image file (a truncated file raises here, not later)."""
-  with Image.open(path) as image:
-    image.load()
-    # convert() returns a new image that outlives the file; for RGB, copy() does.
-    return image.convert("RGB") if image.mode != "RGB" else image.copy()
+    """Opens and fully decodes an image file (a truncated file raises here, not later)."""
+    with Image.open(path) as image:
+        image.load()
+        # convert() returns a new image that outlives the file; for RGB, copy() does.
+        return image.convert("RGB") if image.mode != "RGB" else image.copy()
