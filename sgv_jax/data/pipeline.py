@@ -176,6 +176,11 @@ def make_dataset(
     ds = ds[shard_index::shard_count].map(maker).to_iter_dataset()
     ds = batching.CountingBatchIterDataset(ds, global_batch_size // shard_count)
     if worker_count > 0:
+        # grain's worker processes read absl flags; outside an absl app (scripts, pytest)
+        # nothing parsed them, so take their defaults.
+        from absl import flags
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
     return DataIterator(ds)

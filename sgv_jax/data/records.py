@@ -22,6 +22,7 @@ from sgv_jax.data.validate import BadRecord
 
 INDEX_VERSION = 1
 _CHUNK = 1 << 24  # bytes read per step while indexing
+_MAX_RECORD_CHARS = 1 << 26  # a longer "record" means a syntax error, not a big record
 
 
 def index_path(data_file: str, index_dir: str | None = None) -> str:
@@ -93,9 +94,9 @@ def _index_json_list(data_file: str, blob_file: str) -> np.ndarray:
             try:
                 _, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as e:
-                # Most likely the element straddles the chunk end: read on (a record is far
-                # smaller than 8 chunks, so a real syntax error stops here).
-                if not eof and len(buf) - pos < 8 * _CHUNK and refill():
+                # Most likely the element straddles the chunk end: read on, up to a bound
+                # so that a real syntax error does not pull the whole file into memory.
+                if not eof and len(buf) - pos < _MAX_RECORD_CHARS and refill():
                     continue
                 raise ValueError(f"{data_file}: record {len(spans)} is not valid JSON: {e}") from None
             text = buf[pos:end].encode("utf-8")
