@@ -2,7 +2,8 @@
 the image positions → LLaMA decoder (REFERENCE.md §1.6–1.7).
 
 Pure functions of (params, config, batch). A batch is a dict of arrays with static shapes:
-  input_ids      int32 [B, L]   image positions hold `config.image_token_id` (one per feature row)
+  input_ids      int32 [B, L]   image positions hold `config.image_token_id` or IMAGE_TOKEN_INDEX
+                                (one per image feature row)
   attention_mask int32 [B, L]   1 = real token (optional: all ones)
   pixel_values   float [B, H, W, 3] NHWC, CLIP-normalised (optional for text-only batches)
   labels         int32 [B, L]   unshifted, IGNORE_INDEX where masked (loss only)
@@ -18,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from sgv_jax.constants import IGNORE_INDEX
+from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from sgv_jax.models import clip, llama, projector
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.params import cast_floating
@@ -63,6 +64,12 @@ def image_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
     return projector.project(params["projector"], cfg.projector_type, feats)
 
 
+def image_positions(input_ids: jax.Array, cfg: VLMConfig) -> jax.Array:
+    """Where image features go: the model's image token, or the pipeline's placeholder
+    (IMAGE_TOKEN_INDEX can never be a real token id, so it is always recognised). [B, L] bool"""
+    return (input_ids == cfg.image_token_id) | (input_ids == IMAGE_TOKEN_INDEX)
+
+
 def splice_image_embeddings(token_embeds: jax.Array, features: jax.Array,
                             is_image: jax.Array) -> jax.Array:
     """Write feature row j at the j-th image position of each sample (static shapes, a gather).
@@ -77,7 +84,7 @@ def embed_inputs(params: dict, cfg: VLMConfig, batch: dict, dtype, remat: str = 
                  out: dict | None = None) -> jax.Array:
     """Token embeddings with projected image features spliced in. [B, L, D]"""
     ids = batch["input_ids"]
-    is_image = ids == cfg.image_token_id
+    is_image = image_positions(ids, cfg)
     lm = params["language_model"]
     embeds = llama.embed_tokens(lm, jnp.where(is_image, 0, ids), dtype)
     if batch.get("pixel_values") is None:

@@ -1,0 +1,208 @@
+"""The training loop: restore → iterate → log → checkpoint. All effects live here; the step
+itself is the pure function in step.py.
+
+Resume order: WORKDIR's latest checkpoint > `config.init_from` (an sgv checkpoint) > random
+init from `config.seed`. Re-running the same command with the same workdir resumes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from sgv_jax.checkpoint import TrainCheckpointer, abstract_with_shardings
+from sgv_jax.data.batching import COUNTED
+from sgv_jax.data.records import RecordFile
+from sgv_jax.models import llava
+from sgv_jax.models.params import abstract_params
+from sgv_jax.train import optim, setup, step as step_lib
+from sgv_jax.train.metrics import MetricWriter
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class _Preemption:
+    """SIGTERM (TPU preemption) sets a flag; the loop saves and exits at the next step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def initial_state(run: setup.Run, ckpt: TrainCheckpointer):
+    """(state, frozen, data_state or None, where it came from)."""
+    c = run.config
+    specs = llava.param_specs(run.model)
+    abstract = abstract_params(specs)
+    abs_train, abs_frozen = optim.split_trainable(abstract, c.trainable_modules,
+                                                  c.tune_vit_from_layer)
+    state_sh = step_lib.state_shardings(run.model, run.optimizer, abs_train, run.mesh)
+    frozen_sh = step_lib.param_shardings_for(run.model, abs_frozen, run.mesh)
+    latest = ckpt.latest_step()
+    if latest is not None:
+        abs_state = {"step": jax.ShapeDtypeStruct((), np.int32), "params": abs_train,
+                     "opt_state": jax.eval_shape(run.optimizer.init, abs_train),
+                     "rng": jax.ShapeDtypeStruct((2,), np.uint32)}
+        state, frozen, data_state = ckpt.restore(
+            latest, abstract_with_shardings(abs_state, state_sh),
+            abstract_with_shardings(abs_frozen, frozen_sh))
+        return state, frozen, data_state, state_sh, frozen_sh, f"resumed from step {latest}"
+    if c.init_from:
+        from sgv_jax.checkpoint_sgv import load_sgv
+
+        full_sh = optim.merge(state_sh["params"], frozen_sh)
+        _, params = load_sgv(c.init_from, shardings=full_sh, dtype=np.float32)
+        source = f"initialised from {c.init_from}"
+    else:
+        params = llava.init(run.model, jax.random.PRNGKey(c.seed), run.mesh)
+        source = f"random init (seed {c.seed})"
+    trainable, frozen = optim.split_trainable(params, c.trainable_modules, c.tune_vit_from_layer)
+    opt_state = jax.jit(run.optimizer.init, out_shardings=state_sh["opt_state"])(trainable)
+    state = {"step": jax.device_put(np.int32(0), state_sh["step"]), "params": trainable,
+             "opt_state": opt_state,
+             "rng": jax.device_put(jax.random.PRNGKey(c.seed), state_sh["rng"])}
+    return state, frozen, None, state_sh, frozen_sh, source
+
+
+def evaluate(run: setup.Run, eval_fn, params: dict) -> dict[str, float]:
+    """Token-mean loss on the first `eval_batches` batches of the held-out file."""
+    data = setup.make_data(run, run.config.data.eval_file, seed=0, num_epochs=1,
+                           batch_size=run.micro_batch)
+    total, count = 0.0, 0
+    try:
+        for i, host_batch in enumerate(data):
+            if i >= run.config.eval_batches:
+                break
+            t, n = eval_fn(params, setup.to_global_batch(run, host_batch, accumulated=False))
+            total, count = total + float(t), count + int(n)
+    finally:
+        data.close()
+    return {"eval_loss": total / max(count, 1), "eval_tokens": count}
+
+
+def train(config, workdir: str) -> dict[str, Any]:
+    """Runs (or resumes) one training stage; returns the last logged metrics."""
+    if config.data.demo:
+        setup.resolve_demo_data(config, workdir)
+    setup.check_config(config)
+    if not config.data.tokenizer and config.init_from:
+        with config.unlocked():
+            config.data.tokenizer = os.path.join(config.init_from, "tokenizer")
+    num_records = len(RecordFile(config.data.train_file))
+    run = setup.plan_run(config, workdir, num_records)
+    is_main = jax.process_index() == 0
+    os.makedirs(workdir, exist_ok=True)
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump({"run": config.to_dict(), "model": run.model.to_dict()}, f, indent=1,
+                      default=str)
+
+    ckpt = TrainCheckpointer(workdir, config.keep_checkpoints)
+    state, frozen, data_state, state_sh, frozen_sh, source = initial_state(run, ckpt)
+    data = setup.make_data(run, config.data.train_file, config.seed, None, config.global_batch_size)
+    if data_state is not None:
+        data.set_state(data_state)
+
+    step_fn = step_lib.make_train_step(run.model, run.optimizer, run.schedule, run.compute_dtype,
+                                       config.remat, config.freeze_pad_row)
+    first = setup.to_global_batch(run, next(data), accumulated=True)
+    batch_sh = jax.tree.map(lambda x: x.sharding, first)
+    train_step = step_lib.jit_train_step(step_fn, state_sh, frozen_sh, batch_sh)
+    compiled = train_step.lower(state, frozen, first).compile()
+    flops = (compiled.cost_analysis() or {}).get("flops", math.nan)
+    peak = setup.peak_flops_per_device(config)
+    eval_fn = jax.jit(step_lib.make_eval_step(run.model, run.compute_dtype))
+
+    writer = MetricWriter(workdir, enabled=is_main)
+    start = int(state["step"])
+    if is_main:
+        print(f"{source}; steps {start}→{run.stop_step} of a {run.total_steps}-step schedule; "
+              f"{run.accum_steps} micro-batch(es) of {run.micro_batch} per step; "
+              f"{flops / 1e9:.2f} GFLOP/step/device", flush=True)
+    preempt = _Preemption()
+    bar = tqdm(total=run.stop_step, initial=start, disable=not is_main, dynamic_ncols=True)
+    pending: list[Any] = []  # device scalars since the last check (no host sync per step)
+    last: dict[str, Any] = {}
+    step, batch = start, first
+    last_saved = start if start else None
+    t0 = time.perf_counter()
+    try:
+        while step < run.stop_step and not preempt.requested:
+            state, metrics = compiled(state, frozen, batch)
+            step += 1
+            pending.append(metrics)
+            data_state = data.get_state()  # before prefetching the next step's batch
+            if step < run.stop_step:
+                batch = setup.to_global_batch(run, next(data), accumulated=True)
+            due_ckpt = step % config.checkpoint_every == 0 or step == run.stop_step
+            if step % config.log_every == 0 or due_ckpt or preempt.requested:
+                host = jax.device_get(pending)
+                pending = []
+                losses = [float(m["loss"]) for m in host]
+                if not all(math.isfinite(x) for x in losses):
+                    raise NonFiniteLoss(
+                        f"non-finite loss {losses} at or before step {step}; stopping without "
+                        f"saving. Last good checkpoint: step {last_saved} in {ckpt.directory}")
+                dt = (time.perf_counter() - t0) / len(host)
+                t0 = time.perf_counter()
+                tokens = sum(int(m["tokens"]) for m in host) / len(host)
+                last = {"loss": losses[-1], "lr": float(host[-1]["lr"]),
+                        "grad_norm": float(host[-1]["grad_norm"]), "step_time_s": dt,
+                        "tokens_per_s": tokens / dt, "mfu": flops / dt / peak,
+                        **{f"skipped/{k}": v for k, v in data.skip_counts().items()}}
+                writer.write(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
+                                tok_s=f"{last['tokens_per_s']:.0f}", step_s=f"{dt:.3f}",
+                                mfu=f"{last['mfu']:.1%}")
+            if config.data.eval_file and (step % config.eval_every == 0 or step == run.stop_step):
+                ev = evaluate(run, eval_fn, optim.merge(state["params"], frozen))
+                writer.write(step, ev)
+                last.update(ev)
+                bar.write(f"step {step}: eval loss {ev['eval_loss']:.4f}")
+            if due_ckpt or preempt.requested:
+                ckpt.save(step, state, frozen, data_state)
+                last_saved = step
+            bar.update(1)
+    finally:
+        bar.close()
+        preempt.restore()
+        writer.close()
+        data.close()
+    if preempt.requested:
+        print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to "
+              "resume", flush=True)
+        ckpt.close()
+        return {**last, "step": step, "preempted": True}
+    skipped = data.skip_counts()
+    if any(skipped[k] for k in COUNTED):
+        print(f"skipped records: {skipped}", flush=True)
+    if step >= run.stop_step:
+        export_final(run, state, frozen, workdir)
+    ckpt.close()
+    return {**last, "step": step}
+
+
+def export_final(run: setup.Run, state: dict, frozen: dict, workdir: str) -> None:
+    """WORKDIR/sgv: the trained model as an sgv checkpoint, the next stage's `init_from`."""
+    from sgv_jax.checkpoint_sgv import save_sgv
+
+    params = optim.merge(state["params"], frozen)
+    tokenizer = run.config.data.tokenizer
+    tokenizer_dir = tokenizer if tokenizer and os.path.isdir(tokenizer) else None
+    save_sgv(os.path.join(workdir, "sgv"), run.model, params, tokenizer_dir=tokenizer_dir)
