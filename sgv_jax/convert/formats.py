@@ -23,15 +23,19 @@ class Transform:
     name: str
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_theirs: Callable[[np.ndarray], np.ndarray]
+    # Their shape from ours without touching data (export plans shard files before reading).
+    theirs_shape: Callable[[tuple], tuple] = tuple
 
 
 IDENTITY = Transform("identity", lambda w: w, lambda w: w)
 # torch nn.Linear weight [out, in] ↔ our kernel [in, out].
-LINEAR = Transform("linear", lambda w: np.ascontiguousarray(w.T), lambda w: np.ascontiguousarray(w.T))
+LINEAR = Transform("linear", lambda w: np.ascontiguousarray(w.T), lambda w: np.ascontiguousarray(w.T),
+                   lambda s: tuple(reversed(s)))
 # torch Conv2d weight [out, in, kh, kw] ↔ our kernel [kh, kw, in, out].
 CONV = Transform("conv",
                  lambda w: np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
-                 lambda w: np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+                 lambda w: np.ascontiguousarray(w.transpose(3, 2, 0, 1)),
+                 lambda s: (s[3], s[2], s[0], s[1]))
 
 Row = tuple[str, str, Transform]  # (our path, their key, transform); '{i}' = layer index
 
@@ -105,6 +109,23 @@ LLAVA_HF_LAYOUTS = (LLAVA_HF_OLD, LLAVA_HF_OLD_FLAT_CLIP, LLAVA_HF_NEW, LLAVA_HF
 # Original LLaVA / ShareGPT4V (`LlavaLlamaForCausalLM`, §2.1); the tower may be absent.
 ORIGINAL_LLAVA = Layout("original LLaVA", "model.vision_tower.vision_tower.vision_model.", "model.",
                         "lm_head.", "model.mm_projector.", projector_style="original")
+# ShareGPT4V deletes the tower before saving (§2.1): LLM + projector only.
+ORIGINAL_LLAVA_NO_VISION = dataclasses.replace(ORIGINAL_LLAVA, name="original LLaVA (no vision tower)",
+                                               vision=None)
+
+# A `CLIPVisionModel`/`CLIPModel` dir, incl. ShareGPT4V's `vision_tower/` (§2.2, §2.5); transformers
+# 5.24 writes `CLIPVisionModel` keys without the `vision_model.` prefix (REFERENCE §8).
+CLIP_DIR = Layout("CLIP vision model", "vision_model.", None, None, None)
+CLIP_DIR_FLAT = dataclasses.replace(CLIP_DIR, name="CLIP vision model (flat)", vision="")
+# A `LlamaForCausalLM` dir (Vicuna, §2.6).
+LLAMA_DIR = Layout("LLaMA causal LM", None, "model.", "lm_head.", None)
+# LLaVA stage-1 `mm_projector.bin` (§2.1); the reference strips everything up to `mm_projector.`,
+# so the prefix is detected (`detect_projector_layout`).
+MM_PROJECTOR = Layout("mm_projector.bin", None, None, None, "model.mm_projector.",
+                      projector_style="original")
+
+# Keys of a full `CLIPModel` that are not the vision tower (§2.5): skipped, not errors.
+CLIP_NON_VISION = re.compile(r"^(text_model\.|visual_projection\.|text_projection\.|logit_scale$)")
 
 
 def expand(rows: list[Row], num_layers: int, ours_prefix: str, theirs_prefix: str
@@ -137,6 +158,63 @@ def key_table(cfg: VLMConfig, layout: Layout) -> dict[str, tuple[str, Transform]
 
 # Buffers some files carry that hold no parameters (§2.1, §2.5).
 IGNORED_KEYS = re.compile(r"(\.rotary_emb\.inv_freq|embeddings\.position_ids)$")
+
+
+def group_of(path: str) -> str:
+    """The sgv storage group of a parameter path: one transformer block or one module.
+
+    'language_model/layers/17/mlp/up_proj/kernel' → 'language_model.layers.17';
+    'projector/linear_1/kernel' → 'projector.linear_1'."""
+    parts = path.split("/")
+    return ".".join(parts[:3] if len(parts) > 2 and parts[1] == "layers" else parts[:2])
+
+
+def count_layers(keys, prefix: str) -> int:
+    """1 + the largest N among keys '{prefix}N.…' (0 when there are none)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = [int(m.group(1)) for k in keys if (m := pattern.match(k))]
+    return max(found) + 1 if found else 0
+
+
+def detect_format(keys) -> str:
+    """'llava-hf' | 'llava' | 'clip' | 'llama' | 'mm_projector' from key names alone."""
+    keys = set(keys)
+    if any(k.startswith(("language_model.", "model.language_model.")) for k in keys):
+        return "llava-hf"
+    if any(k.startswith("model.layers.") for k in keys):
+        return "llava" if any(".mm_projector." in "." + k for k in keys) else "llama"
+    if any("mm_projector." in k for k in keys):
+        return "mm_projector"
+    if any(k.startswith(("vision_model.", "embeddings.", "encoder.layers.")) for k in keys):
+        return "clip"
+    raise ValueError("unknown checkpoint format: no llava-hf, LLaVA, LLaMA, CLIP or mm_projector "
+                     f"keys among {sorted(keys)[:8]}")
+
+
+def detect_original_layout(keys) -> Layout:
+    """Original LLaVA with or without the frozen tower copy in `model.vision_tower.…` (§2.1)."""
+    has_tower = any(k.startswith(ORIGINAL_LLAVA.vision) for k in keys)
+    return ORIGINAL_LLAVA if has_tower else ORIGINAL_LLAVA_NO_VISION
+
+
+def detect_clip_layout(keys) -> Layout:
+    return CLIP_DIR if any(k.startswith(CLIP_DIR.vision) for k in keys) else CLIP_DIR_FLAT
+
+
+def detect_projector_layout(keys) -> Layout:
+    """`mm_projector.bin` keys are `<anything>mm_projector.{0,2}.*`; keep their prefix."""
+    prefixes = {k[:k.index("mm_projector.") + len("mm_projector.")] for k in keys
+                if "mm_projector." in k}
+    if len(prefixes) != 1:
+        raise ValueError(f"expected keys '…mm_projector.N.weight' under one prefix, found "
+                         f"prefixes {sorted(prefixes) or 'none'}")
+    return dataclasses.replace(MM_PROJECTOR, projector=prefixes.pop())
+
+
+def padded_vocab(vocab_size: int) -> tuple[int, int, int]:
+    """(image id, pad id, padded vocab) the way llava-hf extends a LLaMA vocab (REFERENCE §1.7):
+    `<image>` and `<pad>` appended, rows padded to a multiple of 64 (32000 → 32000, 32001, 32064)."""
+    return vocab_size, vocab_size + 1, -(-(vocab_size + 2) // 64) * 64
 
 
 def detect_llava_hf_layout(keys) -> Layout:

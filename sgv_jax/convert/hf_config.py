@@ -86,3 +86,41 @@ def vlm_to_llava_hf(cfg: VLMConfig, image_token_index: int) -> dict[str, Any]:
             "vision_feature_select_strategy": inverse[cfg.vision_feature_select],
             "image_seq_length": cfg.num_image_tokens,
             "tie_word_embeddings": cfg.text.tie_word_embeddings}
+
+
+# Vision towers the original LLaVA names in `mm_vision_tower` whose shapes are known (§1.1); any
+# other name needs the tower's own config.json (`--vision-tower`).
+KNOWN_TOWERS = {
+    "openai/clip-vit-large-patch14-336": VisionConfig(),
+    "openai/clip-vit-large-patch14": VisionConfig(image_size=224),
+}
+
+
+def vlm_from_original(c: dict[str, Any], vision: VisionConfig, source: str) -> VLMConfig:
+    """Original LLaVA / ShareGPT4V LM config (LlamaConfig + mm_* fields, REFERENCE §2.3).
+
+    The image placeholder stays IMAGE_TOKEN_INDEX (-200) and the vocab unpadded (§1.6)."""
+    if c.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
+        raise ValueError(f"{source}: mm_hidden_size {c['mm_hidden_size']} disagrees with the "
+                         f"vision tower's hidden_size {vision.hidden_size}")
+    if c.get("mm_use_im_start_end"):
+        raise ValueError(f"{source}: mm_use_im_start_end=True (<im_start>/<im_end> around images) "
+                         "is not supported; ShareGPT4V/LLaVA-1.5 use False")
+    return VLMConfig(
+        vision=vision, text=text_from_hf(c),
+        # LLaVA's builder defaults to 'linear' when the field is absent (v1 checkpoints).
+        projector_type=c.get("mm_projector_type", "linear"),
+        vision_feature_layer=c.get("mm_vision_select_layer", -2),
+        vision_feature_select=c.get("mm_vision_select_feature", "patch"))
+
+
+def original_from_vlm(cfg: VLMConfig, vision_tower: str) -> dict[str, Any]:
+    """config.json of an original-format LLM dir (`LlavaLlamaForCausalLM`, §2.1/§2.3)."""
+    return {**text_to_hf(cfg.text), "model_type": "llava_llama",
+            "architectures": ["LlavaLlamaForCausalLM"], "mm_vision_tower": vision_tower,
+            "use_mm_proj": True, "mm_projector_type": cfg.projector_type,
+            "mm_hidden_size": cfg.vision.hidden_size,
+            "mm_vision_select_layer": cfg.vision_feature_layer,
+            "mm_vision_select_feature": cfg.vision_feature_select,
+            "image_aspect_ratio": "pad", "image_grid_pinpoints": None,
+            "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "use_cache": True}

@@ -1,0 +1,188 @@
+"""The `sgv` model checkpoint: everything training and generation need to start from weights.
+
+    CKPT/config.json        {"format": "sgv", "version": 1, "model": VLMConfig.to_dict(),
+                             "dtype": ..., "groups": [...], + optional extras such as
+                             "hf_image_token_index" or "tokenizer"}
+    CKPT/params/index.json  {group: {param path: {"shape": [...], "dtype": "float32"}}}
+    CKPT/params/<group>/    one orbax PyTree checkpoint per group: one transformer block
+                            ('language_model.layers.17') or one module ('projector.linear_1')
+    CKPT/tokenizer/         tokenizer / processor files copied from the source, when it had them
+
+Groups let conversion stream (one block in RAM, not 28 GB of fp32 7B) and let `load_sgv` restore
+straight into sharded arrays group by group. Everything is written to a sibling `<CKPT>.partial`
+and renamed at the end, so a failed write never leaves a directory that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, Iterable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sgv_jax.convert.formats import group_of
+from sgv_jax.convert.state_dict import ConversionError
+from sgv_jax.models import llava
+from sgv_jax.models.config import VLMConfig
+from sgv_jax.models.params import flatten, is_spec, unflatten
+
+FORMAT, VERSION = "sgv", 1
+Group = tuple[str, dict[str, Any]]  # (group name, {full param path: array})
+
+
+def read_sgv_config(path: str) -> dict[str, Any]:
+    """The checkpoint's config.json, checked to be an sgv checkpoint of a known version."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        hint = " (a failed or unfinished conversion)" if path.endswith(".partial") else ""
+        raise FileNotFoundError(f"{path} is not an sgv checkpoint{hint}: {config_path} is missing")
+    with open(config_path) as f:
+        meta = json.load(f)
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{config_path}: not an sgv checkpoint (format {meta.get('format')!r}, "
+                         f"expected {FORMAT!r}); convert it with launch/convert.py first")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"{config_path}: sgv version {meta.get('version')!r}; this code reads "
+                         f"version {VERSION}")
+    return meta
+
+
+def read_param_index(path: str) -> dict[str, dict[str, dict]]:
+    read_sgv_config(path)
+    with open(os.path.join(path, "params", "index.json")) as f:
+        return json.load(f)
+
+
+def groups_of_tree(params: dict) -> Iterator[Group]:
+    """Split a full parameter tree into storage groups (arrays untouched, so sharding survives)."""
+    by_group: dict[str, dict[str, Any]] = {}
+    for p, value in flatten(params).items():
+        by_group.setdefault(group_of(p), {})[p] = value
+    yield from by_group.items()
+
+
+def _cast(x: Any, dtype) -> Any:
+    if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x.astype(dtype)
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group], dtype=None,
+             tokenizer_dir: str | list[str] | None = None, extra: dict[str, Any] | None = None
+             ) -> str:
+    """Write an sgv checkpoint from a full tree (numpy or jax arrays, sharded ones included) or
+    from an iterator of (group, {path: array}) pairs for streamed conversion. Every parameter
+    of `cfg` must be written once with its spec's shape. `tokenizer_dir` (a directory, or a list
+    of files) is copied to `tokenizer/`. Returns `path`."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        raise FileExistsError(f"{path} already exists; choose a new destination or remove it")
+    groups = groups_of_tree(params_or_groups) if isinstance(params_or_groups, dict) \
+        else params_or_groups
+    expected = {p: s.shape for p, s in flatten(llava.param_specs(cfg), is_leaf=is_spec).items()}
+    partial = path + ".partial"
+    if jax.process_index() == 0 and os.path.exists(partial):
+        shutil.rmtree(partial)  # leftovers of an earlier failed run
+    _sync("sgv-clean")
+    index: dict[str, dict[str, dict]] = {}
+    checkpointer = ocp.StandardCheckpointer()
+    for name, flat in groups:
+        _check_group(name, flat, expected, index, path)
+        flat = {p: _cast(v, dtype) for p, v in flat.items()}
+        prefix = name.replace(".", "/") + "/"
+        tree = unflatten({p[len(prefix):]: v for p, v in flat.items()})
+        checkpointer.save(os.path.join(partial, "params", name), tree)
+        checkpointer.wait_until_finished()  # bounds memory to one group
+        index[name] = {p: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype)}
+                       for p, v in flat.items()}
+    unfilled = sorted(set(expected) - {p for g in index.values() for p in g})
+    if unfilled:
+        raise ConversionError(f"{path}: parameters never written ({len(unfilled)}): "
+                              + ", ".join(unfilled[:20]))
+    if jax.process_index() == 0:
+        dtypes = {d["dtype"] for g in index.values() for d in g.values()}
+        meta = {"format": FORMAT, "version": VERSION, "model": cfg.to_dict(),
+                "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+                "groups": list(index), **(extra or {})}
+        _copy_tokenizer(tokenizer_dir, os.path.join(partial, "tokenizer"))
+        with open(os.path.join(partial, "params", "index.json"), "w") as f:
+            json.dump(index, f, indent=1)
+        with open(os.path.join(partial, "config.json"), "w") as f:
+            json.dump(meta, f, indent=2)
+        os.replace(partial, path)  # config.json appears only once everything is written
+    _sync("sgv-done")
+    return path
+
+
+def _copy_tokenizer(source: str | list[str] | None, target: str) -> None:
+    if isinstance(source, str):
+        shutil.copytree(source, target)
+    elif source:
+        os.makedirs(target)
+        for file in source:
+            shutil.copy2(file, os.path.join(target, os.path.basename(file)))
+
+
+def _check_group(name: str, flat: dict, expected: dict, index: dict, path: str) -> None:
+    if name in index:
+        raise ConversionError(f"{path}: group {name} written twice")
+    problems = []
+    for p, v in flat.items():
+        if p not in expected:
+            problems.append(f"{p}: not a parameter of this model config")
+        elif group_of(p) != name:
+            problems.append(f"{p}: belongs to group {group_of(p)}, not {name}")
+        elif tuple(v.shape) != tuple(expected[p]):
+            problems.append(f"{p}: expected shape {tuple(expected[p])}, found {tuple(v.shape)}")
+    if problems:
+        raise ConversionError(f"{path}: group {name}:\n  " + "\n  ".join(problems))
+
+
+def iter_sgv_groups(path: str, dtype=None) -> Iterator[Group]:
+    """(group, {full param path: numpy array}) one group at a time, in the written order."""
+    index = read_param_index(path)
+    checkpointer = ocp.StandardCheckpointer()
+    for name in index:
+        restored = checkpointer.restore(os.path.join(path, "params", name))
+        prefix = name.replace(".", "/") + "/"
+        yield name, {prefix + p: _cast(np.asarray(v), dtype) for p, v in flatten(restored).items()}
+
+
+def load_sgv(path: str, shardings: dict | None = None, dtype=None) -> tuple[VLMConfig, dict]:
+    """(model config, parameters). With `shardings` (a tree of `NamedSharding` shaped like the
+    parameters) each group is restored directly into sharded arrays; otherwise jax arrays on
+    the default device. `dtype` casts floating parameters on restore."""
+    meta = read_sgv_config(path)
+    cfg = VLMConfig.from_dict(meta["model"])
+    index = read_param_index(path)
+    flat_shardings = flatten(shardings) if shardings is not None else {}
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    checkpointer = ocp.StandardCheckpointer()
+    flat: dict[str, Any] = {}
+    for name, leaves in index.items():
+        prefix = name.replace(".", "/") + "/"
+        target = {}
+        for p, info in leaves.items():
+            stored = jnp.dtype(info["dtype"])
+            want = dtype if dtype is not None and jnp.issubdtype(stored, jnp.floating) else stored
+            target[p[len(prefix):]] = jax.ShapeDtypeStruct(
+                tuple(info["shape"]), want, sharding=flat_shardings.get(p, default))
+        restored = checkpointer.restore(os.path.join(path, "params", name), unflatten(target))
+        flat.update({prefix + p: v for p, v in flatten(restored).items()})
+    return cfg, unflatten(flat)
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from orbax.checkpoint import multihost
+
+        multihost.sync_global_processes(name)

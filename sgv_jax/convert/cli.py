@@ -1,0 +1,67 @@
+"""What `launch/convert.py` runs: check the flag combination, call one importer or exporter."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+FORMATS_IN = ("llava-hf", "llava", "components", "sgv")
+FORMATS_OUT = ("sgv", "llava-hf", "llava")
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+# Flags each direction needs / accepts besides --dst, --dtype, --seed, --quiet.
+_NEEDS = {("llava-hf", "sgv"): ({"src"}, set()),
+          ("llava", "sgv"): ({"src"}, {"vision_tower"}),
+          ("components", "sgv"): ({"clip", "llm"}, {"projector", "projector_type"}),
+          ("sgv", "llava-hf"): ({"src"}, set()),
+          ("sgv", "llava"): ({"src"}, set())}
+_OPTIONAL = ("src", "vision_tower", "clip", "llm", "projector")
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    direction = (args.src_format, args.dst_format)
+    if direction not in _NEEDS:
+        raise SystemExit(f"--from {args.src_format} --to {args.dst_format} is not a conversion; "
+                         f"supported: " + ", ".join(f"{a}→{b}" for a, b in _NEEDS))
+    need, allowed = _NEEDS[direction]
+    missing = [f"--{n.replace('_', '-')}" for n in sorted(need) if getattr(args, n) is None]
+    extra = [f"--{n.replace('_', '-')}" for n in _OPTIONAL
+             if getattr(args, n) is not None and n not in need | allowed]
+    if missing or extra:
+        raise SystemExit(f"--from {args.src_format} --to {args.dst_format}: "
+                         + (f"needs {', '.join(missing)}" if missing else "")
+                         + ("; " if missing and extra else "")
+                         + (f"does not take {', '.join(extra)}" if extra else ""))
+    if args.dtype and args.dst_format != "sgv":
+        raise SystemExit("--dtype applies when writing sgv; export keeps the checkpoint's dtype")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_flags(args)
+    from sgv_jax.convert import exporters, importers
+    from sgv_jax.convert.state_dict import ConversionError
+
+    progress = not args.quiet
+    shard_bytes = int(args.max_shard_gb * (1 << 30))
+    try:
+        if args.dst_format == "sgv":
+            if args.src_format == "llava-hf":
+                source = importers.read_llava_hf(args.src)
+            elif args.src_format == "llava":
+                source = importers.read_llava(args.src, args.vision_tower)
+            else:
+                source = importers.read_components(args.clip, args.llm, args.projector, args.seed,
+                                                   args.projector_type)
+            importers.to_sgv(source, args.dst, DTYPES.get(args.dtype), progress)
+            notes = []
+        elif args.dst_format == "llava-hf":
+            notes = exporters.export_llava_hf(args.src, args.dst, shard_bytes, args.seed, progress)
+        else:
+            notes = exporters.export_llava(args.src, args.dst, shard_bytes, progress)
+    except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"conversion failed: {e}", file=sys.stderr)
+        return 1
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {args.dst}")
+    return 0
