@@ -80,7 +80,7 @@ def test_expand_image_tokens_masks_image_positions():
 
 def test_truncate_keeps_prefix_and_rejects_cut_image_run():
     ids = np.array([1, IMG, IMG, 8, 9], np.int32)
-    out_ids, out_labels = encode.truncate(ids, ids, 4)
+    out_ids, _ = encode.truncate(ids, ids, 4)
     np.testing.assert_array_equal(out_ids, [1, IMG, IMG, 8])
     with pytest.raises(BadRecord, match="image_truncated") as e:
         encode.truncate(ids, ids, 2, record_id="long")

@@ -10,7 +10,12 @@ import pytest
 from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from sgv_jax.data import images, pipeline
 from sgv_jax.data.validate import BadRecord
-from tests.test_data_helpers import tiny_tokenizer_path, v1_record, write_image, write_records
+from tests.test_data_helpers import (
+    tiny_tokenizer_path,
+    v1_record,
+    write_image,
+    write_records,
+)
 
 N_TOKENS, SIZE, L = 4, 28, 160  # 28 px / patch 14 -> 4 image tokens
 IMAGE_SIZES = [(40, 30), (30, 50), (28, 28), (64, 17)]
@@ -39,28 +44,26 @@ def data(tmp_path_factory):
 
 
 def _make(data, **kw):
-    args = dict(data_file=str(data / "good.json"), image_folder=str(data),
-                tokenizer=tiny_tokenizer_path(), template="v1", image_size=SIZE,
-                num_image_tokens=N_TOKENS, max_length=L, global_batch_size=4, seed=3,
-                shard_index=0, shard_count=1)
+    args = {"data_file": str(data / "good.json"), "image_folder": str(data),
+            "tokenizer": tiny_tokenizer_path(), "template": "v1", "image_size": SIZE,
+            "num_image_tokens": N_TOKENS, "max_length": L, "global_batch_size": 4, "seed": 3,
+            "shard_index": 0, "shard_count": 1}
     return pipeline.make_dataset(**{**args, **kw})
 
 
 def _row_ids(data, batches, data_file="good.json"):
     """Record id of every batch row, identified through the single-record function."""
-    it = _make(data, data_file=str(data / data_file))
-    maker = it_maker(data, data_file)
+    maker = _maker(data, data_file)
     by_row = {}
     for i in range(len(maker.records)):
         try:
             by_row[maker.make(i)["input_ids"].tobytes()] = maker.records[i]["id"]
         except BadRecord:
             pass
-    it.close()
     return [by_row[row.tobytes()] for b in batches for row in b["input_ids"]]
 
 
-def it_maker(data, data_file="good.json"):
+def _maker(data, data_file="good.json"):
     from sgv_jax.data import records, templates, tokenize
     return pipeline.ExampleMaker(
         records.RecordFile(str(data / data_file)), str(data),
@@ -207,7 +210,7 @@ def test_global_batch_must_split_over_hosts(data):
 
 
 def test_pixel_values_match_the_image_processor(data):
-    maker = it_maker(data)
+    maker = _maker(data)
     example = maker.make(0)
     proc = images.ImageProcessor(images.ImageConfig(size=SIZE))
     expected = proc(images.load_image(os.path.join(str(data), "img/0.png")))

@@ -87,6 +87,19 @@ class SentencePieceTokenizer:
             ids.append(self.eos_id)
         return ids
 
+    def decode(self, ids: list[int]) -> str:
+        """Readable text of `ids`, special tokens spelled out (`<s>`, `</s>`, `<unk>`)."""
+        out, run = [], []
+        for i in ids:
+            if i in self._special.values():
+                out.append(self._sp.decode(run))
+                out.append(self._sp.id_to_piece(i))
+                run = []
+            else:
+                run.append(i)
+        out.append(self._sp.decode(run))
+        return "".join(out)
+
     def _encode_piece(self, text: str) -> list[int]:
         if self.legacy:
             return self._sp.encode(text)
