@@ -1,0 +1,110 @@
+"""Prompt text ↔ token batches for inference: templates, `<image>` expansion, left padding,
+detokenization and stop strings. Pure functions (numpy), no device work.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import sentencepiece as spm
+
+from sgv_jax.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from sgv_jax.data import templates
+from sgv_jax.data.tokenize import SentencePieceTokenizer, tokenizer_image_token
+
+TEMPLATES = ("v1", "plain", "none")
+
+# Strings that end an answer besides EOS. v1 ends with sep2 `</s>`, which is EOS itself (§3.1,
+# §4.6). `plain` trains on `<image>` + caption + "\n" with no EOS (§3.3), so "\n" ends it.
+DEFAULT_STOP_STRINGS = {"v1": (), "plain": ("\n",), "none": ()}
+
+
+def build_prompt(template: str, text: str, has_image: bool) -> str:
+    """The prompt string for one question.
+
+    v1: the vicuna_v1 conversation with the image first in the user turn, ending in
+    `ASSISTANT:` (§3.1, §3.2). plain: `<image>` followed by `text` verbatim (a caption prefix,
+    usually empty), as stage-1 training saw it (§3.3). none: `text` as given, `<image>` marking
+    the image.
+    """
+    if template == "v1":
+        return render_chat([text], has_image)
+    if template == "plain":
+        return (DEFAULT_IMAGE_TOKEN if has_image else "") + text
+    if template == "none":
+        return text
+    raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
+
+
+def render_chat(turns: Sequence[str], has_image: bool) -> str:
+    """vicuna_v1 prompt for a conversation whose turns alternate user/assistant and end with a
+    user turn; the image (if any) leads the first user turn as `preprocess_multimodal` puts it."""
+    turns = list(turns)
+    if has_image:
+        turns[0] = templates.move_image_token_first(DEFAULT_IMAGE_TOKEN + "\n" + turns[0])
+    return templates.render_v1(turns + [""])  # an empty message renders `ASSISTANT:`
+
+
+def encode_prompt(prompt: str, tokenizer: SentencePieceTokenizer, num_image_tokens: int,
+                  has_image: bool, image_token_id: int = IMAGE_TOKEN_INDEX) -> np.ndarray:
+    """Ids as the model consumes them: `tokenizer_image_token` (§1.6), then each `<image>`
+    placeholder repeated once per image feature row (DESIGN.md "Image tokens")."""
+    n_images = prompt.count(DEFAULT_IMAGE_TOKEN)
+    if has_image and n_images != 1:
+        raise ValueError(f"prompt must mark the image with exactly one {DEFAULT_IMAGE_TOKEN!r}, "
+                         f"found {n_images}: {prompt!r}")
+    if not has_image and n_images:
+        raise ValueError(f"prompt has {DEFAULT_IMAGE_TOKEN!r} but no image was given: {prompt!r}")
+    ids = np.asarray(tokenizer_image_token(prompt, tokenizer), np.int32)
+    is_image = ids == IMAGE_TOKEN_INDEX
+    ids = np.where(is_image, image_token_id, ids).astype(np.int32)
+    return np.repeat(ids, np.where(is_image, num_image_tokens, 1))
+
+
+def bucket_length(length: int, bucket: int) -> int:
+    """Prompt lengths are rounded up to a multiple of `bucket`, so prompts of similar length
+    share one compiled prefill/decode program."""
+    return -(-length // bucket) * bucket
+
+
+def left_pad(rows: Sequence[np.ndarray], pad_id: int, bucket: int = 1,
+             batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask) [B, L]: rows right-aligned so each row's last token is in the
+    last column. Missing rows up to `batch_size` are copies of row 0 (results dropped)."""
+    rows = list(rows) + [rows[0]] * ((batch_size or len(rows)) - len(rows))
+    width = bucket_length(max(len(r) for r in rows), bucket)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = row
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+@functools.lru_cache(maxsize=8)
+def _processor(model_file: str) -> spm.SentencePieceProcessor:
+    return spm.SentencePieceProcessor(model_file=model_file)
+
+
+def decode_text(tokenizer: SentencePieceTokenizer, ids: Sequence[int]) -> str:
+    """`batch_decode(ids, skip_special_tokens=True)` of the slow LLaMA tokenizer: special ids
+    (unk/pad, BOS, EOS) dropped, sentencepiece detokenization."""
+    special = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+    return _processor(tokenizer.model_file).decode([int(i) for i in ids if int(i) not in special])
+
+
+def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
+    """Text before the earliest stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
+
+
+def generated_ids(row: np.ndarray, eos_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """One row of new tokens up to (excluding) the first EOS, and whether EOS was emitted."""
+    ids = [int(t) for t in row]
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            return ids[:i], True
+    return ids, False
