@@ -21,10 +21,12 @@ def get_config(variant: str = ""):
     c.tune_vit_from_layer = 12
     if variant == "demo":
         c = common.demo(c)
-        c.tune_vit_from_layer = 2  # the demo tower has 4 blocks: train the second half
+        # The demo tower starts from random weights, not from CLIP, so stage 1 trains all of
+        # it; the real config trains blocks >= 12 only.
+        c.trainable_modules = ("vision_tower", "projector", "language_model")
         c.optim.lr = 2e-3
         c.data.max_length = 32  # 16 image positions + a caption
-        c.num_epochs = 1
+        c.num_epochs = 3  # ~280 steps: enough for captions to name colour, shape and place
     elif variant:
         raise ValueError(f"unknown variant {variant!r} for pretrain.py; known: demo")
     return c

@@ -40,7 +40,8 @@ RULES = {**PARAM_RULES, **ACTIVATION_RULES}
 
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A (data, fsdp, tensor) mesh. -1 in one slot takes the remaining devices."""
+    """A (data, fsdp, tensor) mesh. -1 in one slot takes the remaining devices; a fully given
+    shape smaller than the host's devices uses the first ones (single process only)."""
     devices = list(devices if devices is not None else jax.devices())
     shape = [data, fsdp, tensor]
     if shape.count(-1) > 1:
@@ -48,7 +49,10 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
+    needed = int(np.prod(shape))
+    if needed < len(devices) and jax.process_count() == 1:
+        devices = devices[:needed]  # e.g. the 1-device demo on a multi-device host
+    if needed != len(devices):
         raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices; "
                          f"{len(devices)} are available")
     return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3,

@@ -88,7 +88,7 @@ def model_config(config) -> VLMConfig:
     if config.init_from:
         from sgv_jax.checkpoint_sgv import read_sgv_config
 
-        cfg = read_sgv_config(config.init_from)
+        cfg = VLMConfig.from_dict(read_sgv_config(config.init_from)["model"])
     else:
         cfg = get_preset(config.model)
     validate(cfg)

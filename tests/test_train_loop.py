@@ -1,0 +1,146 @@
+"""The training loop on the demo config: exact resume, frozen params, mesh, learning."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from sgv_jax.checkpoint_sgv import load_sgv
+from sgv_jax.models.params import flatten
+from sgv_jax.train.loop import NonFiniteLoss, train
+from sgv_jax.train.metrics import read_metrics
+from tests.train_helpers import load_config
+
+SMALL = {"global_batch_size": 8, "per_device_batch_size": 8, "log_every": 1,
+         "checkpoint_every": 5, "eval_every": 1000}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One folder for all runs of this module, so the demo dataset is generated once."""
+    return tmp_path_factory.mktemp("runs")
+
+
+def demo_config(name="pretrain", **overrides):
+    return load_config(name, **{**SMALL, **overrides})
+
+
+def losses(workdir):
+    return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+
+
+@pytest.mark.slow
+def test_resume_continues_bit_identically(runs):
+    straight, resumed = str(runs / "straight"), str(runs / "resumed")
+    train(demo_config(max_steps=10), straight)
+    train(demo_config(max_steps=5), resumed)
+    train(demo_config(max_steps=10), resumed)  # same workdir: resumes at step 5
+    want, got = losses(straight), losses(resumed)
+    assert sorted(want) == list(range(1, 11)) and sorted(got) == list(range(1, 11))
+    assert got == want  # exact float equality at every step
+    _, a = load_sgv(os.path.join(straight, "sgv"))
+    _, b = load_sgv(os.path.join(resumed, "sgv"))
+    for path, value in flatten(a).items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(flatten(b)[path]), err_msg=path)
+
+
+@pytest.mark.slow
+def test_frozen_params_never_change_and_trainable_ones_do(runs):
+    workdir = str(runs / "ft")
+    pre = str(runs / "pre")
+    train(demo_config(max_steps=2), pre)
+    config = demo_config("finetune", max_steps=3, init_from=os.path.join(pre, "sgv"))
+    config.data.max_length = 96
+    train(config, workdir)
+    _, before = load_sgv(os.path.join(pre, "sgv"))
+    _, after = load_sgv(os.path.join(workdir, "sgv"))
+    before, after = flatten(before), flatten(after)
+    for path in before:
+        same = np.array_equal(np.asarray(before[path]), np.asarray(after[path]))
+        if path.startswith("vision_tower/"):
+            assert same, f"frozen {path} changed"
+        elif path != "language_model/embed_tokens/embedding":
+            assert not same, f"trainable {path} did not change"
+    # torch's padding_idx row never moves (REFERENCE §1.4); the rest of the table does.
+    emb_b, emb_a = (np.asarray(x["language_model/embed_tokens/embedding"]) for x in (before, after))
+    np.testing.assert_array_equal(emb_b[0], emb_a[0])
+    assert not np.array_equal(emb_b[1:], emb_a[1:])
+
+
+def test_optimizer_state_only_covers_trainable_params():
+    from sgv_jax.models import get_preset, llava
+    from sgv_jax.models.params import abstract_params
+    from sgv_jax.train import optim
+    import optax
+
+    config = load_config("llava15_pretrain")
+    abstract = abstract_params(llava.param_specs(get_preset(config.model)))
+    train_tree, _ = optim.split_trainable(abstract, config.trainable_modules,
+                                          config.tune_vit_from_layer)
+    opt = optim.make_optimizer(optim.lr_schedule(1e-3, 10, 0.03), 0.9, 0.999, 1e-8, 0.0, None)
+    state = jax.eval_shape(opt.init, train_tree)
+    moments = optax.tree_map_params(opt, lambda p: p, state,
+                                    transform_non_params=lambda _: None)
+    param_leaves = sum(x.size for x in jax.tree.leaves(train_tree))
+    moment_leaves = sum(x.size for x in jax.tree.leaves(moments))
+    assert moment_leaves == 2 * param_leaves  # Adam mu and nu, projector only
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_single_device_loss(runs):
+    one = str(runs / "one")
+    eight = str(runs / "eight")
+    train(demo_config(max_steps=2), one)  # the demo mesh is one device
+    config = demo_config(max_steps=2, per_device_batch_size=2)
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    with jax.default_matmul_precision("highest"):
+        train(config, eight)
+    a, b = losses(one), losses(eight)
+    assert a.keys() == b.keys()
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-4 * abs(a[step]), (step, a[step], b[step])
+
+
+def test_gradient_accumulation_matches_one_big_batch(runs):
+    """4 micro-batches of 2 = one batch of 8 (global token mean), on the same data."""
+    big, accum = str(runs / "big"), str(runs / "accum")
+    with jax.default_matmul_precision("highest"):
+        train(demo_config(max_steps=2), big)
+        train(demo_config(max_steps=2, per_device_batch_size=2), accum)
+    a, b = losses(big), losses(accum)
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-5 * abs(a[step]), (step, a[step], b[step])
+
+
+def test_max_steps_stops_without_changing_the_schedule(runs):
+    workdir = str(runs / "short")
+    train(demo_config(max_steps=3), workdir)
+    lrs = [r["lr"] for r in read_metrics(workdir) if "lr" in r]
+    config = demo_config()
+    total = 3000 * config.num_epochs // 8  # demo records x epochs / global batch
+    warm = int(np.ceil(total * config.optim.warmup_ratio))
+    assert len(lrs) == 3
+    np.testing.assert_allclose(lrs, [config.optim.lr * s / warm for s in range(3)], rtol=1e-6)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(runs):
+    workdir = str(runs / "nan")
+    with pytest.raises(NonFiniteLoss, match="non-finite loss"):
+        train(demo_config(max_steps=3, **{"optim.lr": 1e30}), workdir)
+    assert not os.path.exists(os.path.join(workdir, "sgv"))
+
+
+def test_invalid_config_values_fail_clearly(runs):
+    with pytest.raises(ValueError, match="data.template"):
+        train(demo_config(**{"data.template": "v2"}), str(runs / "bad"))
+    with pytest.raises(ValueError, match="not a multiple"):
+        train(demo_config(global_batch_size=12), str(runs / "bad2"))
+
+
+def test_short_demo_loss_goes_down(runs):
+    workdir = str(runs / "learn")
+    train(demo_config(max_steps=25, log_every=5, global_batch_size=16, per_device_batch_size=16,
+                      **{"optim.lr": 3e-3}), workdir)
+    curve = losses(workdir)
+    assert curve[25] < 0.6 * curve[5], curve
