@@ -134,6 +134,13 @@ def read_components(clip: str, llm: str, projector: str | None = None, seed: int
                     projector_type: str = "mlp2x_gelu") -> Source:
     """CLIP dir (CLIPModel or CLIPVisionModel) + LlamaForCausalLM dir + optional mm_projector.bin;
     without it the projector is initialised from `seed` (stage-1 start, REFERENCE §4.1)."""
+    projector_layout = None
+    if projector is not None:  # cheap to check first: a wrong file fails before the big reads
+        proj_files = WeightFiles(projector)
+        try:
+            projector_layout = formats.detect_projector_layout(proj_files.keys())
+        except ValueError as e:
+            raise ConversionError(f"{projector}: {e}") from None
     vision = vision_from_hf(read_json(clip))
     cfg = VLMConfig(vision=vision, text=text_from_hf(read_json(llm)), projector_type=projector_type)
     clip_files, llm_files = WeightFiles(clip), WeightFiles(llm)
@@ -144,13 +151,9 @@ def read_components(clip: str, llm: str, projector: str | None = None, seed: int
         _part(llm_files, cfg, formats.LLAMA_DIR, os.path.join(llm, "config.json")),
     ]
     fresh = {}
-    if projector is not None:
-        proj_files = WeightFiles(projector)
-        try:
-            layout = formats.detect_projector_layout(proj_files.keys())
-        except ValueError as e:
-            raise ConversionError(f"{projector}: {e}") from None
-        parts.append(Part(proj_files, formats.key_table(cfg, layout), f"{projector} ({layout.name})"))
+    if projector_layout is not None:
+        parts.append(Part(proj_files, formats.key_table(cfg, projector_layout),
+                          f"{projector} ({projector_layout.name})"))
     else:
         specs = {"projector": llava.param_specs(cfg)["projector"]}
         params = init_params(specs, jax.random.PRNGKey(seed))
