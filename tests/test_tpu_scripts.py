@@ -245,3 +245,22 @@ def test_printed_commands_are_shell_words(env):
     last = remote.splitlines()[-1]
     r = subprocess.run(["bash", "-c", last], capture_output=True, text=True)
     assert r.stdout == 'it\'s a "test" $HOME\n'
+
+
+def test_readme_sequence_dry_runs(env):
+    """Every script command in the README's end-to-end block runs with --dry-run."""
+    text = (TPU / "README.md").read_text()
+    block = text.split("```bash\n", 1)[1].split("```", 1)[0]
+    for line in block.splitlines():
+        if line.startswith("export "):
+            for kv in line.split()[1:]:
+                key, value = kv.split("=", 1)
+                env = {**env, key: value}
+        elif line.startswith("launch/tpu/"):
+            script, *args = line.split()
+            r = subprocess.run([str(TPU.parent.parent / script), "--dry-run", *args], env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0, f"{line}\n{r.stderr}"
+            assert r.stdout.startswith(("gcloud ", "git ", "mkdir ")), line
+            assert "--zone=us-east5-a" in r.stdout, line
