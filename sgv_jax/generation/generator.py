@@ -88,8 +88,11 @@ class Generator:
 
     def complete(self, prompt_texts: Sequence[str], images: Sequence[np.ndarray | None],
                  sampling: SamplingConfig = SamplingConfig(), *, max_new_tokens: int = 128,
-                 stop_strings: Sequence[str] = (), seed: int = 0) -> list[Completion]:
-        """One completion per prompt. `images[i]` is preprocessed pixels [H, W, 3] or None."""
+                 stop_strings: Sequence[str] = (), seed: int = 0,
+                 pad_to: int | None = None) -> list[Completion]:
+        """One completion per prompt. `images[i]` is preprocessed pixels [H, W, 3] or None.
+        `pad_to` fixes the batch size (filler rows), so a short last batch reuses the
+        compiled program."""
         if len(prompt_texts) != len(images):
             raise ValueError(f"{len(prompt_texts)} prompts but {len(images)} images")
         tok = self.tokenizer
@@ -97,7 +100,7 @@ class Generator:
                                       self.cfg.image_token_id)
                 for p, img in zip(prompt_texts, images)]
         n = len(rows)
-        size = -(-n // self.batch_multiple) * self.batch_multiple
+        size = -(-max(n, pad_to or 0) // self.batch_multiple) * self.batch_multiple
         ids, mask = prompts.left_pad(rows, tok.pad_id, self.bucket, size)
         batch = {"input_ids": ids, "attention_mask": mask}
         if any(img is not None for img in images):
@@ -140,7 +143,7 @@ class Generator:
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
 
-def local_mesh(tensor: int = 1) -> Mesh:
-    """A mesh over this host's devices: data parallel, optional tensor parallel. Each host
-    decodes its own shard, so no collective ever waits on another host."""
-    return make_mesh(data=-1, tensor=tensor, devices=jax.local_devices())
+def local_mesh(tensor: int = 1, devices: int | None = None) -> Mesh:
+    """A mesh over this host's devices (the first `devices` of them): data parallel, optional
+    tensor parallel. Each host decodes its own shard, so no collective waits on another host."""
+    return make_mesh(data=-1, tensor=tensor, devices=jax.local_devices()[:devices])

@@ -1,0 +1,112 @@
+"""The cached decode loop: equals recomputing the full forward, compiles once per shape,
+gives the same tokens sharded over 8 devices, and honours stop strings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgv_jax.generation import decode, prompts
+from sgv_jax.generation.decode import generate_tokens
+from sgv_jax.generation.generator import local_mesh
+from sgv_jax.generation.sampling import SamplingConfig
+from sgv_jax.models import get_preset, llava
+from tests.test_generate_helpers import tiny_generator
+
+NEW = 10
+
+
+def tiny_batch(cfg, lengths=(9, 4), with_image=(True, False), seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n, img in zip(lengths, with_image):
+        text = rng.integers(3, cfg.text.vocab_size, size=n).astype(np.int32)
+        text[0] = 1
+        image = [cfg.image_token_id] * cfg.num_image_tokens if img else []
+        rows.append(np.concatenate([text[:1], image, text[1:]]).astype(np.int32))
+    ids, mask = prompts.left_pad(rows, 0, bucket=8)
+    size = cfg.vision.image_size
+    pixels = rng.standard_normal((len(rows), size, size, 3)).astype(np.float32)
+    return rows, {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+
+
+def test_cached_decoding_equals_full_forward_at_every_step(highest_precision):
+    cfg = get_preset("tiny")
+    params = llava.init(cfg, jax.random.key(3))
+    rows, batch = tiny_batch(cfg)
+    tokens = generate_tokens(params, cfg, batch, SamplingConfig(), max_new_tokens=NEW,
+                             eos_ids=(-1,), pad_id=0)
+    # No cache: the whole sequence again for every token. Right padding to one width keeps a
+    # single compiled forward; causal attention means pads after a position never reach it.
+    width = max(len(r) for r in rows) + NEW
+    full = jax.jit(lambda ids, mask, px: llava.forward(
+        params, cfg, {"input_ids": ids, "attention_mask": mask, "pixel_values": px})[0])
+    for b, row in enumerate(rows):
+        seq = list(row)
+        for t in range(NEW):
+            ids = np.zeros((1, width), np.int32)
+            ids[0, :len(seq)] = seq
+            mask = (np.arange(width) < len(seq)).astype(np.int32)[None]
+            logits = full(ids, mask, batch["pixel_values"][b:b + 1])
+            want = int(jnp.argmax(logits[0, len(seq) - 1]))
+            assert tokens[b, t] == want, f"row {b} step {t}: cached {tokens[b, t]} != full {want}"
+            seq.append(want)
+
+
+def test_compiles_once_per_shape_not_per_token_or_prompt():
+    cfg = get_preset("tiny")
+    params = llava.init(cfg, jax.random.key(0))
+    kw = dict(max_new_tokens=NEW, eos_ids=(-1,), pad_id=0)
+    _, batch = tiny_batch(cfg, seed=0)
+    generate_tokens(params, cfg, batch, SamplingConfig(), **kw)
+    sizes = decode.prefill._cache_size(), decode.decode_steps._cache_size()
+    # Other prompts of the same bucket, run whole or in host-checked chunks: no new programs.
+    _, other = tiny_batch(cfg, lengths=(8, 6), seed=1)
+    generate_tokens(params, cfg, other, SamplingConfig(), **kw)
+    generate_tokens(params, cfg, other, SamplingConfig(), **kw, chunk=3,
+                    stopped=lambda t: np.zeros(len(t), bool))
+    assert (decode.prefill._cache_size(), decode.decode_steps._cache_size()) == sizes
+
+
+@pytest.mark.slow  # ~40 s: compiling for 8 simulated devices
+def test_eight_devices_give_the_single_device_tokens():
+    single = tiny_generator(seed=1)
+    sharded = tiny_generator(seed=1, mesh=local_mesh())
+    assert sharded.batch_multiple == 8
+    image = np.random.default_rng(0).standard_normal((21, 21, 3)).astype(np.float32)
+    texts = ["<image>\nWhat is in the picture?", "Hello there!", "<image>\nDescribe it."]
+    images = [image, None, -image]
+    want = single.complete(texts, images, max_new_tokens=6)
+    got = sharded.complete(texts, images, max_new_tokens=6)
+    assert [c.tokens for c in got] == [c.tokens for c in want]
+    leaf = sharded.params["language_model"]["lm_head"]["kernel"]
+    assert len(leaf.sharding.device_set) == 8
+
+
+def test_stop_strings_cut_text_and_tokens():
+    gen = tiny_generator(seed=2)
+    texts, images = ["Hello there!", "The quick brown fox"], [None, None]
+    free = gen.complete(texts, images, max_new_tokens=24)
+    stop = free[0].text[len(free[0].text) // 2:][:3]  # a piece of row 0's own answer
+    cut = gen.complete(texts, images, max_new_tokens=24, stop_strings=[stop])
+    assert cut[0].finish == "stop" and stop not in cut[0].text
+    assert free[0].text.startswith(cut[0].text)
+    assert len(cut[0].tokens) < len(free[0].tokens)
+    # The kept tokens are the shortest prefix whose text contains the stop string.
+    assert stop in prompts.decode_text(gen.tokenizer, cut[0].tokens)
+    assert stop not in prompts.decode_text(gen.tokenizer, cut[0].tokens[:-1])
+    if stop not in free[1].text:
+        assert cut[1].tokens == free[1].tokens
+
+
+def test_text_and_image_prompts_are_checked():
+    gen = tiny_generator()
+    image = np.zeros((21, 21, 3), np.float32)
+    for text, img in [("no image marker", image), ("<image> twice <image>", image),
+                      ("<image> but no image", None)]:
+        try:
+            gen.complete([text], [img], max_new_tokens=2)
+        except ValueError as e:
+            assert "<image>" in str(e)
+        else:
+            raise AssertionError(f"{text!r} should be rejected")
