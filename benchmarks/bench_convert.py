@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,12 +25,12 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sgv_jax.convert import formats  # noqa: E402
-from sgv_jax.convert.hf_config import vlm_to_llava_hf  # noqa: E402
-from sgv_jax.convert.safetensors_out import ShardedWriter  # noqa: E402
-from sgv_jax.models.config import TextConfig, VisionConfig, VLMConfig  # noqa: E402
-from sgv_jax.models.llava import param_specs  # noqa: E402
-from sgv_jax.models.params import flatten, is_spec  # noqa: E402
+from sgv_jax.convert import formats
+from sgv_jax.convert.hf_config import vlm_to_llava_hf
+from sgv_jax.convert.safetensors_out import ShardedWriter
+from sgv_jax.models.config import TextConfig, VisionConfig, VLMConfig
+from sgv_jax.models.llava import param_specs
+from sgv_jax.models.params import flatten, is_spec
 
 GIB = 1 << 30
 
@@ -72,7 +71,7 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float]:
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.time() - t, "
              "r.returncode)")
     out = subprocess.run([sys.executable, "-c", probe, *cmd], capture_output=True, text=True,
-                         cwd=REPO)
+                         cwd=REPO, check=False)
     *_, last = out.stdout.strip().splitlines() or ["0 0 1"]
     kib, seconds, rc = last.split()
     if rc != "0":

@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from sgv_jax.convert.cli import DTYPES, FORMATS_IN, FORMATS_OUT, run  # noqa: E402
+from sgv_jax.convert.cli import DTYPES, FORMATS_IN, FORMATS_OUT, run
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sgv_jax.checkpoint_sgv import load_sgv, read_sgv_config  # noqa: E402
-from sgv_jax.convert import importers  # noqa: E402
-from tests.hf_tiny import tiny_llava_config  # noqa: E402
+from sgv_jax.checkpoint_sgv import load_sgv, read_sgv_config
+from sgv_jax.convert import importers
+from tests.hf_tiny import tiny_llava_config
 
 pytestmark = pytest.mark.torch
 

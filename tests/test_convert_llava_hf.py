@@ -7,12 +7,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from safetensors.numpy import load_file  # noqa: E402
+from safetensors.numpy import load_file
 
-from sgv_jax.checkpoint_sgv import load_sgv, read_sgv_config  # noqa: E402
-from sgv_jax.convert import exporters, importers  # noqa: E402
-from tests.hf_tiny import make_inputs  # noqa: E402
-from tests.test_convert_helpers import hf_logits, jax_logits, save_llava_hf  # noqa: E402
+from sgv_jax.checkpoint_sgv import load_sgv, read_sgv_config
+from sgv_jax.convert import exporters, importers
+from tests.hf_tiny import make_inputs
+from tests.test_convert_helpers import hf_logits, jax_logits, save_llava_hf
 
 pytestmark = pytest.mark.torch
 ROUNDTRIP_LOGIT_TOL = 1e-5

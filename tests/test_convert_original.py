@@ -11,12 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sgv_jax.checkpoint_sgv import iter_sgv_groups, load_sgv  # noqa: E402
-from sgv_jax.constants import IMAGE_TOKEN_INDEX  # noqa: E402
-from sgv_jax.convert import exporters, formats, importers  # noqa: E402
-from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config  # noqa: E402
-from tests.test_convert_helpers import hf_logits, jax_logits, save_original  # noqa: E402
-from tests.test_data_helpers import tiny_tokenizer_path, write_hf_dir  # noqa: E402
+from sgv_jax.checkpoint_sgv import iter_sgv_groups, load_sgv
+from sgv_jax.constants import IMAGE_TOKEN_INDEX
+from sgv_jax.convert import exporters, formats, importers
+from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config
+from tests.test_convert_helpers import hf_logits, jax_logits, save_original
+from tests.test_data_helpers import tiny_tokenizer_path, write_hf_dir
 
 pytestmark = pytest.mark.torch
 VOCAB = 400  # = the tiny sentencepiece tokenizer's size
@@ -80,7 +80,7 @@ def test_hf_logits_on_the_export_equal_the_jax_model(converted, highest_precisio
 def test_padded_rows_follow_the_old_embeddings_statistics(converted):
     from safetensors import safe_open
 
-    _, ckpt, hf, _, _ = converted
+    hf = converted[2]
     with safe_open(os.path.join(hf, "model.safetensors"), "np") as f:
         embed = f.get_tensor("language_model.model.embed_tokens.weight")
     assert embed.shape[0] == 448
@@ -99,8 +99,8 @@ def test_llava_export_round_trips_to_the_same_sgv_parameters(converted):
     first = {p: v for _, g in iter_sgv_groups(ckpt) for p, v in g.items()}
     second = {p: v for _, g in iter_sgv_groups(again) for p, v in g.items()}
     assert sorted(first) == sorted(second)
-    for path in first:
-        assert np.array_equal(first[path], second[path]), path
+    for path, value in first.items():
+        assert np.array_equal(value, second[path]), path
 
 
 def test_frozen_tower_copy_in_the_llm_is_ignored_when_the_tower_dir_is_given(tmp_path):

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             notes = exporters.export_llava_hf(args.src, args.dst, shard_bytes, args.seed, progress)
         else:
             notes = exporters.export_llava(args.src, args.dst, shard_bytes, progress)
-    except (ConversionError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (ConversionError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
         print(f"conversion failed: {e}", file=sys.stderr)
         return 1
     for note in notes:

@@ -11,15 +11,18 @@ import dataclasses
 import json
 import os
 import shutil
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from sgv_jax.checkpoint_sgv import iter_sgv_groups, read_param_index, read_sgv_config
 from sgv_jax.convert import formats
 from sgv_jax.convert.hf_config import original_from_vlm, vision_to_hf, vlm_to_llava_hf
-from sgv_jax.convert.hf_files import (copy_tokenizer_for_original, image_processor_config,
-                                      write_llava_hf_processor)
+from sgv_jax.convert.hf_files import (
+    copy_tokenizer_for_original,
+    image_processor_config,
+    write_llava_hf_processor,
+)
 from sgv_jax.convert.safetensors_out import ShardedWriter
 from sgv_jax.models.config import VLMConfig
 

@@ -40,7 +40,7 @@ def text_from_hf(c: dict[str, Any]) -> TextConfig:
 def vlm_from_llava_hf(c: dict[str, Any]) -> VLMConfig:
     layer = c.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
-        raise ValueError(f"vision_feature_layer {layer!r}: only a single layer is supported")
+        raise TypeError(f"vision_feature_layer {layer!r}: only a single layer is supported")
     strategy = c.get("vision_feature_select_strategy", "default")
     if strategy not in _SELECT:
         raise ValueError(f"vision_feature_select_strategy {strategy!r}: use 'default' or 'full'")

@@ -33,7 +33,12 @@ def write_llava_hf_processor(tok_dir: str | None, dst: str, cfg: VLMConfig, imag
     """Tokenizer (with `<image>`/`<pad>` added when the vocab was padded) + a LlavaProcessor whose
     `patch_size`, `num_additional_image_tokens=1` and strategy expand `<image>` to exactly the
     model's image token count (§1.7; a missing field gives 575 tokens, §6). Returns notes."""
-    from transformers import AddedToken, AutoTokenizer, CLIPImageProcessor, LlavaProcessor
+    from transformers import (
+        AddedToken,
+        AutoTokenizer,
+        CLIPImageProcessor,
+        LlavaProcessor,
+    )
 
     has_image_config = tok_dir and any(os.path.isfile(os.path.join(tok_dir, n)) for n in
                                        ("preprocessor_config.json", "processor_config.json"))

@@ -16,8 +16,13 @@ import numpy as np
 
 from sgv_jax.checkpoint_sgv import save_sgv
 from sgv_jax.convert import formats
-from sgv_jax.convert.hf_config import (KNOWN_TOWERS, text_from_hf, vision_from_hf,
-                                       vlm_from_llava_hf, vlm_from_original)
+from sgv_jax.convert.hf_config import (
+    KNOWN_TOWERS,
+    text_from_hf,
+    vision_from_hf,
+    vlm_from_llava_hf,
+    vlm_from_original,
+)
 from sgv_jax.convert.sources import WeightFiles, read_json
 from sgv_jax.convert.state_dict import ConversionError
 from sgv_jax.convert.streaming import Part, check_parts, stream_groups
@@ -70,7 +75,7 @@ def _tokenizer_files(*dirs: str | None) -> list[str]:
 
 def _part(files: WeightFiles, cfg: VLMConfig, layout: formats.Layout, config_path: str,
           skip=lambda key: False) -> Part:
-    check_layer_counts([k for k in files.keys() if not skip(k)], layout, cfg, config_path,
+    check_layer_counts([k for k in files.key_file if not skip(k)], layout, cfg, config_path,
                        files.location)
     return Part(files, formats.key_table(cfg, layout), f"{files.location} ({layout.name})", skip)
 

@@ -5,7 +5,8 @@ The streaming, file-level converters build on these; tests use them on `model.st
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from sgv_jax.convert import formats
 from sgv_jax.convert.hf_config import vlm_from_llava_hf

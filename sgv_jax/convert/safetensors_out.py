@@ -60,7 +60,9 @@ class ShardedWriter:
             raise ValueError(f"out of plan: got {key} {tuple(array.shape)} {array.dtype.name}, "
                              f"expected {want_key} {tuple(shape)} {dtype}")
         if self._file is None:
-            self._file = open(os.path.join(self.directory, self.file_name(self._shard)), "wb")
+            # Stays open across write() calls until the shard's last tensor is in.
+            self._file = open(  # noqa: SIM115
+                os.path.join(self.directory, self.file_name(self._shard)), "wb")
             _write_header(self._file, self.shards[self._shard])
         self._file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
         self._pos += 1

@@ -11,7 +11,8 @@ import contextlib
 import glob
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from sgv_jax.convert.state_dict import to_numpy
 
@@ -48,7 +49,7 @@ class WeightFiles:
             from safetensors import safe_open
 
             with safe_open(path, framework="numpy") as f:
-                yield {k: (lambda k=k: f.get_tensor(k)) for k in f.keys()}
+                yield {k: (lambda k=k: f.get_tensor(k)) for k in list(f.keys())}
         else:
             state = _torch_load(path)
             try:
@@ -90,7 +91,7 @@ def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
         from safetensors import safe_open
 
         with safe_open(path, framework="numpy") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in list(f.keys())}
     return {k: tuple(v.shape) for k, v in _torch_load(path).items()}
 
 
@@ -105,7 +106,7 @@ def _torch_load(path: str) -> dict:
     except RuntimeError:  # legacy (non-zip) torch.save files cannot be memory-mapped
         state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+        raise TypeError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     return state
 
 

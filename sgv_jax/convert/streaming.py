@@ -9,7 +9,8 @@ soon as its last tensor arrives, so memory holds one mapped file plus the groups
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +31,7 @@ class Part:
     skip: Callable[[str], bool] = lambda key: False  # keys deliberately left unused
 
     def used_keys(self) -> list[str]:
-        return [k for k in self.files.keys() if not self.skip(k)]
+        return [k for k in self.files.key_file if not self.skip(k)]
 
 
 def check_parts(parts: list[Part], specs: dict, fresh: dict[str, Any] | None = None) -> None:
