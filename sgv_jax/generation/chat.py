@@ -28,11 +28,13 @@ def answer(generator: Generator, prompt: str, image_path: str | None = None,
 
 def chat_loop(generator: Generator, image_path: str | None = None,
               sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 1024,
-              read: Callable[[str], str] = input, write: Callable[[str], None] = print,
-              seed: int = 0) -> list[str]:
+              read: Callable[[str], str] | None = None,
+              write: Callable[[str], None] | None = None, seed: int = 0) -> list[str]:
     """Multi-turn vicuna_v1 conversation (REFERENCE.md §3.1): every turn re-renders the whole
     conversation, the image leading the first user turn. Ends on EOF, an empty line or
-    `exit`; returns the turns (user, assistant, ...)."""
+    `exit`; returns the turns (user, assistant, ...). `read`/`write` default to input/print
+    (looked up at call time)."""
+    read, write = read or input, write or print
     image = generator.preprocess(load_image(image_path)) if image_path else None
     turns: list[str] = []
     while True:
