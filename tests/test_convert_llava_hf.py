@@ -90,3 +90,38 @@ def test_bf16_conversion_casts_every_parameter(roundtrip, tmp_path):
 
     assert {str(x.dtype) for x in jax.tree.leaves(params)} == {"bfloat16"}
     assert read_sgv_config(ckpt)["dtype"] == "bfloat16"
+
+
+def sgv_tensors(ckpt):
+    from sgv_jax.checkpoint_sgv import iter_sgv_groups
+
+    return {p: v for _, g in iter_sgv_groups(ckpt) for p, v in g.items()}
+
+
+@pytest.mark.parametrize("rename", [
+    {},  # our export: published old layout with `vision_tower.vision_model.`
+    {"language_model.model.": "model.language_model.", "language_model.lm_head.": "lm_head.",
+     "vision_tower.": "model.vision_tower.", "multi_modal_projector.": "model.multi_modal_projector."},
+], ids=["old-nested-clip", "new-layout"])
+def test_both_on_disk_layouts_import_to_the_same_parameters(roundtrip, tmp_path, rename):
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    _, _, ckpt, out = roundtrip
+    src = tmp_path / "src"
+    shutil.copytree(out, src)
+    if rename:
+        for name in os.listdir(src):
+            if name.endswith(".safetensors"):
+                renamed = {}
+                for key, value in load_file(os.path.join(src, name)).items():
+                    old = next((o for o in rename if key.startswith(o)), None)
+                    renamed[rename[old] + key[len(old):] if old else key] = value
+                save_file(renamed, os.path.join(src, name), metadata={"format": "pt"})
+        os.remove(src / "model.safetensors.index.json")  # now names stale keys; files suffice
+    again = importers.to_sgv(importers.read_llava_hf(str(src)), str(tmp_path / "ckpt"),
+                             progress=False)
+    first, second = sgv_tensors(ckpt), sgv_tensors(again)
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(v, second[p]) for p, v in first.items())
