@@ -10,18 +10,19 @@ Layout under WORKDIR/checkpoints:
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from sgv_jax.paths import resolve
+
 
 class TrainCheckpointer:
     def __init__(self, workdir: str, keep: int):
-        self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-        self.data_dir = os.path.join(self.directory, "data")
-        os.makedirs(self.data_dir, exist_ok=True)
+        self.directory = resolve(workdir) / "checkpoints"  # local folder or gs://
+        self.data_dir = self.directory / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "frozen"),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -30,34 +31,36 @@ class TrainCheckpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: dict, frozen: dict, data_state: dict[str, Any]) -> None:
-        path = os.path.join(self.data_dir, f"{step}.p{jax.process_index()}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(data_state, f)
-        os.replace(path + ".tmp", path)
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), frozen=ocp.args.StandardSave(frozen)), force=True)
+        # One small object per host; written before the orbax save, so a finished step
+        # always has its data state.
+        (self.data_dir / f"{step}.p{jax.process_index()}.json").write_text(json.dumps(data_state))
+        items = {"state": ocp.args.StandardSave(state)}
+        if jax.tree.leaves(frozen):  # orbax rejects empty items (everything trainable)
+            items["frozen"] = ocp.args.StandardSave(frozen)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
         self._prune_data_states()
 
     def restore(self, step: int, abstract_state: dict, abstract_frozen: dict
                 ) -> tuple[dict, dict, dict[str, Any]]:
         """Arrays come back with the shardings of the abstract trees (ShapeDtypeStructs)."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            frozen=ocp.args.StandardRestore(abstract_frozen)))
-        path = os.path.join(self.data_dir, f"{step}.p{jax.process_index()}.json")
-        if not os.path.exists(path):
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        if jax.tree.leaves(abstract_frozen):
+            items["frozen"] = ocp.args.StandardRestore(abstract_frozen)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        path = self.data_dir / f"{step}.p{jax.process_index()}.json"
+        if not path.exists():
             raise FileNotFoundError(f"checkpoint step {step} has no data iterator state {path}; "
                                     "it was written by a different number of hosts?")
-        with open(path) as f:
-            data_state = json.load(f)
-        return restored["state"], restored["frozen"], data_state
+        data_state = json.loads(path.read_text())
+        frozen = restored["frozen"] if "frozen" in items else abstract_frozen
+        return restored["state"], frozen, data_state
 
     def _prune_data_states(self) -> None:
         kept = {str(s) for s in self.manager.all_steps()}
-        for name in os.listdir(self.data_dir):
-            if name.split(".", 1)[0] not in kept:
-                os.remove(os.path.join(self.data_dir, name))
+        for path in self.data_dir.iterdir():
+            if path.name.split(".", 1)[0] not in kept:
+                path.unlink(missing_ok=True)
 
     def close(self) -> None:
         self.manager.close()

@@ -26,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from etils import epath
+
 from sgv_jax.convert.formats import group_of
+from sgv_jax.paths import is_remote, resolve
 from sgv_jax.convert.state_dict import ConversionError
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
@@ -38,12 +41,11 @@ Group = tuple[str, dict[str, Any]]  # (group name, {full param path: array})
 
 def read_sgv_config(path: str) -> dict[str, Any]:
     """The checkpoint's config.json, checked to be an sgv checkpoint of a known version."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
+    config_path = resolve(path) / "config.json"
+    if not config_path.is_file():
         hint = " (a failed or unfinished conversion)" if path.endswith(".partial") else ""
         raise FileNotFoundError(f"{path} is not an sgv checkpoint{hint}: {config_path} is missing")
-    with open(config_path) as f:
-        meta = json.load(f)
+    meta = json.loads(config_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{config_path}: not an sgv checkpoint (format {meta.get('format')!r}, "
                          f"expected {FORMAT!r}); convert it with launch/convert.py first")
@@ -55,8 +57,7 @@ def read_sgv_config(path: str) -> dict[str, Any]:
 
 def read_param_index(path: str) -> dict[str, dict[str, dict]]:
     read_sgv_config(path)
-    with open(os.path.join(path, "params", "index.json")) as f:
-        return json.load(f)
+    return json.loads((resolve(path) / "params" / "index.json").read_text())
 
 
 def groups_of_tree(params: dict) -> Iterator[Group]:
@@ -84,14 +85,17 @@ def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group]
     from an iterator of (group, {path: array}) pairs for streamed conversion. Every parameter
     of `cfg` must be written once with its spec's shape. `tokenizer_dir` (a directory, or a list
     of files) is copied to `tokenizer/`. Returns `path`."""
-    path = os.path.abspath(path)
-    if os.path.exists(path):
+    remote = is_remote(path)
+    path = str(resolve(path))
+    if resolve(path).exists():
         raise FileExistsError(f"{path} already exists; choose a new destination or remove it")
     groups = groups_of_tree(params_or_groups) if isinstance(params_or_groups, dict) \
         else params_or_groups
     expected = {p: s.shape for p, s in flatten(llava.param_specs(cfg), is_leaf=is_spec).items()}
-    partial = path + ".partial"
-    if jax.process_index() == 0 and os.path.exists(partial):
+    # Object stores have no rename: there the files are written in place and config.json,
+    # written last, is what makes the folder a checkpoint.
+    partial = path if remote else path + ".partial"
+    if jax.process_index() == 0 and not remote and os.path.exists(partial):
         shutil.rmtree(partial)  # leftovers of an earlier failed run
     _sync("sgv-clean")
     index: dict[str, dict[str, dict]] = {}
@@ -101,7 +105,7 @@ def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group]
         flat = {p: _cast(v, dtype) for p, v in flat.items()}
         prefix = name.replace(".", "/") + "/"
         tree = unflatten({p[len(prefix):]: v for p, v in flat.items()})
-        checkpointer.save(os.path.join(partial, "params", name), tree)
+        checkpointer.save(resolve(partial) / "params" / name, tree)
         checkpointer.wait_until_finished()  # bounds memory to one group
         index[name] = {p: {"shape": list(v.shape), "dtype": _dtype_name(v.dtype)}
                        for p, v in flat.items()}
@@ -114,23 +118,27 @@ def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group]
         meta = {"format": FORMAT, "version": VERSION, "model": cfg.to_dict(),
                 "dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
                 "groups": list(index), **(extra or {})}
-        _copy_tokenizer(tokenizer_dir, os.path.join(partial, "tokenizer"))
-        with open(os.path.join(partial, "params", "index.json"), "w") as f:
-            json.dump(index, f, indent=1)
-        with open(os.path.join(partial, "config.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(partial, path)  # config.json appears only once everything is written
+        _copy_tokenizer(tokenizer_dir, resolve(partial) / "tokenizer")
+        (resolve(partial) / "params" / "index.json").write_text(json.dumps(index, indent=1))
+        (resolve(partial) / "config.json").write_text(json.dumps(meta, indent=2))
+        if not remote:
+            os.replace(partial, path)  # config.json appears only once everything is written
     _sync("sgv-done")
     return path
 
 
-def _copy_tokenizer(source: str | list[str] | None, target: str) -> None:
+def _copy_tokenizer(source: str | list[str] | None, target) -> None:
+    files = []
     if isinstance(source, str):
-        shutil.copytree(source, target)
+        files = [os.path.join(root, f) for root, _, names in os.walk(source) for f in names]
+        base = source
     elif source:
-        os.makedirs(target)
-        for file in source:
-            shutil.copy2(file, os.path.join(target, os.path.basename(file)))
+        files, base = list(source), None
+    for file in files:
+        rel = os.path.relpath(file, base) if base else os.path.basename(file)
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        epath.Path(file).copy(dest, overwrite=True)
 
 
 def _check_group(name: str, flat: dict, expected: dict, index: dict, path: str) -> None:
@@ -153,7 +161,7 @@ def iter_sgv_groups(path: str, dtype=None) -> Iterator[Group]:
     index = read_param_index(path)
     checkpointer = ocp.StandardCheckpointer()
     for name in index:
-        restored = checkpointer.restore(os.path.join(path, "params", name))
+        restored = checkpointer.restore(resolve(path) / "params" / name)
         prefix = name.replace(".", "/") + "/"
         yield name, {prefix + p: _cast(np.asarray(v), dtype) for p, v in flatten(restored).items()}
 
@@ -177,7 +185,7 @@ def load_sgv(path: str, shardings: dict | None = None, dtype=None) -> tuple[VLMC
             want = dtype if dtype is not None and jnp.issubdtype(stored, jnp.floating) else stored
             target[p[len(prefix):]] = jax.ShapeDtypeStruct(
                 tuple(info["shape"]), want, sharding=flat_shardings.get(p, default))
-        restored = checkpointer.restore(os.path.join(path, "params", name), unflatten(target))
+        restored = checkpointer.restore(resolve(path) / "params" / name, unflatten(target))
         flat.update({prefix + p: v for p, v in flatten(restored).items()})
     return cfg, unflatten(flat)
 

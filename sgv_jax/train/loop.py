@@ -23,6 +23,7 @@ from sgv_jax.data.batching import COUNTED
 from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
 from sgv_jax.models.params import abstract_params
+from sgv_jax.paths import resolve
 from sgv_jax.train import optim, setup, step as step_lib
 from sgv_jax.train.metrics import MetricWriter
 
@@ -107,11 +108,10 @@ def train(config, workdir: str) -> dict[str, Any]:
     num_records = len(RecordFile(config.data.train_file))
     run = setup.plan_run(config, workdir, num_records)
     is_main = jax.process_index() == 0
-    os.makedirs(workdir, exist_ok=True)
+    resolve(workdir).mkdir(parents=True, exist_ok=True)
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump({"run": config.to_dict(), "model": run.model.to_dict()}, f, indent=1,
-                      default=str)
+        (resolve(workdir) / "config.json").write_text(json.dumps(
+            {"run": config.to_dict(), "model": run.model.to_dict()}, indent=1, default=str))
 
     ckpt = TrainCheckpointer(workdir, config.keep_checkpoints)
     state, frozen, data_state, state_sh, frozen_sh, source = initial_state(run, ckpt)
@@ -161,10 +161,12 @@ def train(config, workdir: str) -> dict[str, Any]:
                         f"saving. Last good checkpoint: step {last_saved} in {ckpt.directory}")
                 dt = (time.perf_counter() - t0) / len(host)
                 t0 = time.perf_counter()
-                tokens = sum(int(m["tokens"]) for m in host) / len(host)
+                loss_tokens = sum(int(m["tokens"]) for m in host) / len(host)
+                tokens = config.global_batch_size * config.data.max_length  # processed, padded
                 last = {"loss": losses[-1], "lr": float(host[-1]["lr"]),
                         "grad_norm": float(host[-1]["grad_norm"]), "step_time_s": dt,
-                        "tokens_per_s": tokens / dt, "mfu": flops / dt / peak,
+                        "tokens_per_s": tokens / dt, "loss_tokens": loss_tokens,
+                        "mfu": flops / dt / peak,
                         **{f"skipped/{k}": v for k, v in data.skip_counts().items()}}
                 writer.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}",
@@ -192,7 +194,8 @@ def train(config, workdir: str) -> dict[str, Any]:
     skipped = data.skip_counts()
     if any(skipped[k] for k in COUNTED):
         print(f"skipped records: {skipped}", flush=True)
-    if step >= run.stop_step:
+    exported = (resolve(workdir) / "sgv" / "config.json").exists()
+    if step >= run.stop_step and (step > start or not exported):
         export_final(run, state, frozen, workdir)
     ckpt.close()
     return {**last, "step": step}
@@ -203,6 +206,14 @@ def export_final(run: setup.Run, state: dict, frozen: dict, workdir: str) -> Non
     from sgv_jax.checkpoint_sgv import save_sgv
 
     params = optim.merge(state["params"], frozen)
+    target = resolve(workdir) / "sgv"
+    if target.exists() and jax.process_index() == 0:
+        # A longer run in the same workdir (a larger max_steps) replaces the earlier export.
+        target.rmtree()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("sgv-replace")
     tokenizer = run.config.data.tokenizer
     tokenizer_dir = tokenizer if tokenizer and os.path.isdir(tokenizer) else None
-    save_sgv(os.path.join(workdir, "sgv"), run.model, params, tokenizer_dir=tokenizer_dir)
+    save_sgv(str(resolve(workdir) / "sgv"), run.model, params, tokenizer_dir=tokenizer_dir)

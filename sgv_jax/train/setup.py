@@ -43,7 +43,11 @@ def resolve_demo_data(config, workdir: str) -> None:
     stage = "pretrain" if config.data.template == "plain" else "finetune"
     demo_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), "demo_data")
     if jax.process_index() == 0:
-        demo.generate(demo_dir, seed=0)
+        from sgv_jax.data.records import build_index
+
+        generated = demo.generate(demo_dir, seed=0)
+        for name in ("pretrain_train", "pretrain_eval", "finetune_train", "finetune_eval"):
+            build_index(generated[name])  # once, before other hosts open the files
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -1,0 +1,150 @@
+"""Will a config fit? Lower and compile the real train step on abstract shapes (nothing is
+allocated) for a mesh of simulated devices, and report per-device memory and FLOPs.
+
+The numbers come from XLA's compiled module for the host platform (CPU when planning offline):
+parameter/optimizer bytes are exact from the shardings; temporaries are what the CPU compiler
+schedules, a close but not identical proxy for a TPU/GPU compile of the same program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgv_jax import sharding
+from sgv_jax.models import llava
+from sgv_jax.models.config import VLMConfig
+from sgv_jax.models.params import abstract_params, count_params
+from sgv_jax.train import optim, setup, step as step_lib
+
+# Dense bf16 peak per chip (vendor figures) and HBM per chip, for the step-time estimate.
+CHIPS = {
+    "v5p": (459e12, 95e9),
+    "v4": (275e12, 32e9),
+    "v5e": (197e12, 16e9),
+    "a100": (312e12, 80e9),
+    "h100": (989e12, 80e9),
+}
+
+
+@dataclasses.dataclass
+class Plan:
+    devices: int
+    mesh: dict
+    accum_steps: int
+    micro_batch: int
+    tokens_per_step: int
+    params: int
+    trainable_params: int
+    param_bytes: int  # per device: trainable + frozen master weights
+    opt_bytes: int  # per device: Adam moments (+ counters)
+    grad_bytes: int  # per device: one gradient tree (fp32, sharded like the params)
+    temp_bytes: int  # per device: XLA temporaries (activations, gathered weights, grads)
+    total_bytes: int
+    compiled_flops: float  # per device per step, from cost analysis
+    analytic_flops: float  # 6·N_trainable·tokens + 2·N_frozen·tokens, whole step, all devices
+
+
+def per_device_bytes(abstract_tree, shardings) -> int:
+    total = 0
+    for leaf, sh in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(
+            shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))):
+        shard = sh.shard_shape(leaf.shape)
+        total += int(np.prod(shard)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def analytic_flops(cfg: VLMConfig, trainable: int, frozen: int, text_tokens: int,
+                   images: int) -> float:
+    """6·N·tokens for trained weights (forward + two backward matmuls), 2·N·tokens for frozen
+    ones (forward only; their input gradient is still needed below trained layers, ignored
+    here). Vision weights see patches, not text tokens."""
+    specs = llava.param_specs(cfg)
+    vision = count_params(specs["vision_tower"])
+    text_like = count_params(specs) - vision
+    vis_tokens = images * (cfg.vision.num_patches + 1)
+    trained_share = trainable / max(trainable + frozen, 1)
+    return float(6 * trained_share + 2 * (1 - trained_share)) * (
+        text_like * text_tokens + vision * vis_tokens)
+
+
+def plan(config, cfg: VLMConfig) -> tuple[Plan, object]:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.per_device_batch_size * batch_devices
+    if config.global_batch_size % micro:
+        raise ValueError(f"global batch {config.global_batch_size} is not a multiple of "
+                         f"{config.per_device_batch_size} x {batch_devices} data-parallel devices")
+    accum = config.global_batch_size // micro
+    schedule = optim.lr_schedule(config.optim.lr, 1000, config.optim.warmup_ratio)
+    o = config.optim
+    optimizer = optim.make_optimizer(schedule, o.b1, o.b2, o.eps, o.weight_decay,
+                                     o.grad_clip_norm or None)
+    abstract = abstract_params(llava.param_specs(cfg))
+    abs_train, abs_frozen = optim.split_trainable(abstract, config.trainable_modules,
+                                                  config.tune_vit_from_layer)
+    state_sh = step_lib.state_shardings(cfg, optimizer, abs_train, mesh)
+    frozen_sh = step_lib.param_shardings_for(cfg, abs_frozen, mesh)
+    abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_train,
+                 "opt_state": jax.eval_shape(optimizer.init, abs_train),
+                 "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    length, size = config.data.max_length, cfg.vision.image_size
+    batch = {"input_ids": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
+             "attention_mask": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
+             "labels": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
+             "pixel_values": jax.ShapeDtypeStruct((accum, micro, size, size, 3), jnp.float32)}
+    batch_sh = step_lib.batch_shardings(mesh, batch, accumulated=True)
+    step_fn = step_lib.make_train_step(cfg, optimizer, schedule,
+                                       setup.DTYPES[config.compute_dtype], config.remat,
+                                       config.freeze_pad_row)
+    jitted = step_lib.jit_train_step(step_fn, state_sh, frozen_sh, batch_sh)
+    with jax.set_mesh(mesh):
+        compiled = jitted.lower(abs_state, abs_frozen, batch).compile()
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    param_bytes = (per_device_bytes(abs_train, state_sh["params"])
+                   + per_device_bytes(abs_frozen, frozen_sh))
+    opt_bytes = per_device_bytes(abs_state["opt_state"], state_sh["opt_state"])
+    grad_bytes = per_device_bytes(abs_train, state_sh["params"])
+    temp = int(getattr(mem, "temp_size_in_bytes", 0))
+    args = int(getattr(mem, "argument_size_in_bytes", 0))
+    # Donated state is reused for the outputs, so arguments + temporaries is the peak.
+    total = args + temp
+    n_train = count_params(abs_train)
+    n_frozen = count_params(abs_frozen)
+    tokens = config.global_batch_size * length
+    result = Plan(
+        devices=mesh.size, mesh=dict(mesh.shape), accum_steps=accum, micro_batch=micro,
+        tokens_per_step=tokens, params=n_train + n_frozen, trainable_params=n_train,
+        param_bytes=param_bytes, opt_bytes=opt_bytes, grad_bytes=grad_bytes, temp_bytes=temp,
+        total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)),
+        analytic_flops=analytic_flops(cfg, n_train, n_frozen, tokens, config.global_batch_size))
+    return result, compiled
+
+
+def report(p: Plan, chip: str, mfu: float) -> str:
+    gb = 1e9
+    peak, hbm = CHIPS[chip]
+    step_flops = p.compiled_flops * p.devices
+    seconds = step_flops / (peak * mfu * p.devices)
+    lines = [
+        f"mesh {p.mesh} = {p.devices} devices; {p.accum_steps} micro-batch(es) of {p.micro_batch}"
+        f" samples; {p.tokens_per_step:,} tokens/step",
+        f"parameters: {p.params:,} ({p.trainable_params:,} trainable)",
+        "per-device memory:",
+        f"  parameters (fp32 master, sharded):   {p.param_bytes / gb:8.2f} GB",
+        f"  optimizer state (Adam mu, nu):       {p.opt_bytes / gb:8.2f} GB",
+        f"  gradients (inside temporaries):      {p.grad_bytes / gb:8.2f} GB",
+        f"  temporaries (activations, gathers):  {p.temp_bytes / gb:8.2f} GB",
+        f"FLOPs/step: compiled {step_flops:.3e} (all devices) vs analytic 6·N·tokens "
+        f"{p.analytic_flops:.3e} (ratio {step_flops / p.analytic_flops:.2f})",
+        f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
+        f"({p.tokens_per_step / seconds:,.0f} tokens/s)",
+        f"fits {chip} ({hbm / gb:.0f} GB HBM): {'yes' if p.total_bytes <= hbm else 'NO'}",
+        f"per-device total: {p.total_bytes / gb:.2f} GB",
+    ]
+    return "\n".join(lines)
