@@ -58,9 +58,6 @@ def test_components_convert_to_sgv(built, tmp_path):
     assert tok.legacy is False and tok.vocab_size == standins.VOCAB
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: read_components copies the CLIP folder's "
-                   "tokenizer.json (CLIP's text tokenizer) next to Vicuna's tokenizer.model; "
-                   "export to llava-hf then loads the CLIP tokenizer")
 def test_clip_text_tokenizer_is_not_taken(tmp_path):
     paths = standins.build(str(tmp_path / "s"), n_pretrain=3, n_finetune=4, clip_tokenizer=True)
     source = importers.read_components(paths["clip"], paths["llm"], paths["projector"])

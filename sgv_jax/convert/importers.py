@@ -64,13 +64,17 @@ def check_layer_counts(keys, layout: formats.Layout, cfg: VLMConfig, config_path
                               + "; ".join(problems))
 
 
-def _tokenizer_files(*dirs: str | None) -> list[str]:
-    found: dict[str, str] = {}
-    for d in dirs:
-        for name in TOKENIZER_FILES:
-            if d and name not in found and os.path.isfile(os.path.join(d, name)):
-                found[name] = os.path.join(d, name)
-    return list(found.values())
+def _tokenizer_files(text_dir: str | None, vision_dir: str | None = None) -> list[str]:
+    """Tokenizer files come from the language model's folder only: a CLIP folder also holds a
+    (text) `tokenizer.json` that must not shadow LLaMA's. From the vision folder we take just
+    the image processor config."""
+    found = [os.path.join(text_dir, n) for n in TOKENIZER_FILES
+             if text_dir and os.path.isfile(os.path.join(text_dir, n))]
+    names = {os.path.basename(f) for f in found}
+    processor = os.path.join(vision_dir, "preprocessor_config.json") if vision_dir else None
+    if processor and os.path.isfile(processor) and "preprocessor_config.json" not in names:
+        found.append(processor)
+    return found
 
 
 def _part(files: WeightFiles, cfg: VLMConfig, layout: formats.Layout, config_path: str,
