@@ -13,11 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
+import jax
 
-from sgv_jax.generation import captioning, chat, prompts  # noqa: E402
-from sgv_jax.generation.generator import Generator, local_mesh  # noqa: E402
-from sgv_jax.generation.sampling import SamplingConfig  # noqa: E402
+from sgv_jax.generation import captioning, chat, prompts
+from sgv_jax.generation.generator import Generator, local_mesh
+from sgv_jax.generation.sampling import SamplingConfig
 
 
 def parse(argv):
@@ -47,7 +47,7 @@ def parse(argv):
     cap.add_argument("--images", required=True, help="image folder or records JSON/JSONL")
     cap.add_argument("--image-folder", help="root of the records' image paths")
     cap.add_argument("--out", required=True)
-    cap.add_argument("--prompt", default=captioning.DEFAULT_PROMPT)
+    cap.add_argument("--prompt", help="default: ShareCaptioner's instruction; none for plain")
     cap.add_argument("--as-records", action="store_true", help="ShareGPT4V-PT records")
     cap.add_argument("--batch-size", type=int, default=8)
     cap.add_argument("--shard", help="I/N: this host's share (default: the jax process)")
@@ -68,7 +68,7 @@ def main(argv=None):
             if args.command == "caption" or args.tensor > 1 else None)
     gen = Generator.from_checkpoint(args.checkpoint, tokenizer=args.tokenizer, dtype=args.dtype,
                                     aspect=args.aspect, mesh=mesh)
-    common = dict(sampling=sampling, max_new_tokens=args.max_new_tokens)
+    common = {"sampling": sampling, "max_new_tokens": args.max_new_tokens}
     if args.command == "chat":
         chat.chat_loop(gen, args.image, seed=args.seed, **common)
     elif args.command == "run":
@@ -76,16 +76,12 @@ def main(argv=None):
                             seed=args.seed, **common)
         print(reply.text)
     else:
-        index, count = (map(int, args.shard.split("/")) if args.shard
-                        else (jax.process_index(), jax.process_count()))
-        items = captioning.list_items(args.images, args.image_folder)[index::count]
-        out = captioning.host_output_path(args.out, index, count)
-        summary = captioning.caption_items(
-            gen, items, out, user_prompt=args.prompt, template=args.template,
-            batch_size=args.batch_size, as_records=args.as_records, stop_strings=args.stop,
-            **common)
-        print(f"{out}: {summary.written} written, {summary.already_done} already done, "
-              f"{len(summary.corrupt)} unreadable", file=sys.stderr)
+        shard = (tuple(map(int, args.shard.split("/"))) if args.shard
+                 else (jax.process_index(), jax.process_count()))
+        captioning.caption_job(gen, args.images, args.out, image_folder=args.image_folder,
+                               shard=shard, user_prompt=args.prompt, template=args.template,
+                               batch_size=args.batch_size, as_records=args.as_records,
+                               stop_strings=args.stop, **common)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_cached_decoding_equals_full_forward_at_every_step(highest_precision):
 def test_compiles_once_per_shape_not_per_token_or_prompt():
     cfg = get_preset("tiny")
     params = llava.init(cfg, jax.random.key(0))
-    kw = dict(max_new_tokens=NEW, eos_ids=(-1,), pad_id=0)
+    kw = {"max_new_tokens": NEW, "eos_ids": (-1,), "pad_id": 0}
     _, batch = tiny_batch(cfg, seed=0)
     generate_tokens(params, cfg, batch, SamplingConfig(), **kw)
     sizes = decode.prefill._cache_size(), decode.decode_steps._cache_size()
@@ -66,6 +66,22 @@ def test_compiles_once_per_shape_not_per_token_or_prompt():
     generate_tokens(params, cfg, other, SamplingConfig(), **kw, chunk=3,
                     stopped=lambda t: np.zeros(len(t), bool))
     assert (decode.prefill._cache_size(), decode.decode_steps._cache_size()) == sizes
+
+
+def test_sampling_with_top_k_one_decodes_the_greedy_tokens():
+    cfg = get_preset("tiny")
+    params = llava.init(cfg, jax.random.key(5))
+    _, batch = tiny_batch(cfg)
+    kw = {"max_new_tokens": NEW, "eos_ids": (-1,), "pad_id": 0}
+    greedy = generate_tokens(params, cfg, batch, SamplingConfig(), **kw)
+    sampled = generate_tokens(params, cfg, batch, SamplingConfig(temperature=0.9, top_k=1,
+                                                                 repetition_penalty=1.0),
+                              key=jax.random.key(7), **kw)
+    np.testing.assert_array_equal(sampled, greedy)
+    free = [generate_tokens(params, cfg, batch, SamplingConfig(temperature=1.0, top_k=0),
+                            key=jax.random.key(seed), **kw) for seed in (1, 1, 2)]
+    np.testing.assert_array_equal(free[0], free[1])  # a seed fixes the draw
+    assert not np.array_equal(free[0], free[2])
 
 
 @pytest.mark.slow  # ~40 s: compiling for 8 simulated devices

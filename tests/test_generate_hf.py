@@ -6,11 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sgv_jax.convert.llava_hf import from_llava_hf_state_dict  # noqa: E402
-from sgv_jax.generation.decode import generate_tokens  # noqa: E402
-from sgv_jax.generation.prompts import left_pad  # noqa: E402
-from sgv_jax.generation.sampling import SamplingConfig  # noqa: E402
-from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config  # noqa: E402
+from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
+from sgv_jax.generation.decode import generate_tokens
+from sgv_jax.generation.prompts import left_pad
+from sgv_jax.generation.sampling import GREEDY, SamplingConfig
+from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config
 
 pytestmark = pytest.mark.torch
 
@@ -32,7 +32,7 @@ def hf_greedy(model, rows, pixels, eos=EOS, **kwargs):
     return np.pad(new, ((0, 0), (0, NEW_TOKENS - new.shape[1])), constant_values=PAD)
 
 
-def ours_greedy(params, cfg, rows, pixels, with_image, sampling=SamplingConfig(), eos=EOS):
+def ours_greedy(params, cfg, rows, pixels, with_image, sampling=GREEDY, eos=EOS):
     # A coarser bucket than HF's padding: extra pad columns must not change anything.
     ids, mask = left_pad(rows, PAD, bucket=16)
     batch = {"input_ids": ids, "attention_mask": mask}

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from sgv_jax.generation import prompts
-from sgv_jax.generation.sampling import (SamplingConfig, apply_repetition_penalty, apply_top_k,
-                                         apply_top_p, choose_token, process_logits)
+from sgv_jax.generation.sampling import (
+    SamplingConfig,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    choose_token,
+    process_logits,
+)
 
 LOGITS = np.asarray([[1.5, -0.5, 0.2, 3.0, -2.0, 0.0, 0.7, 2.9],
                      [0.1, 0.4, -1.0, 0.4, 2.0, -0.3, 1.0, 0.05]], np.float32)
@@ -86,8 +92,8 @@ def test_sampling_draws_follow_the_distribution():
 
 
 def test_invalid_settings_are_rejected():
-    for bad in (dict(temperature=-1.0), dict(top_p=0.0), dict(top_k=-2),
-                dict(repetition_penalty=0.0)):
+    for bad in ({"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -2},
+                {"repetition_penalty": 0.0}):
         with pytest.raises(ValueError):
             SamplingConfig(**bad)
 

@@ -27,7 +27,7 @@ from sgv_jax.data.records import RecordFile
 from sgv_jax.data.validate import record_id_of
 from sgv_jax.generation import prompts
 from sgv_jax.generation.generator import Generator
-from sgv_jax.generation.sampling import SamplingConfig
+from sgv_jax.generation.sampling import GREEDY, SamplingConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # ShareCaptioner's instruction (§4.7).
@@ -117,9 +117,14 @@ def done_ids(out: str) -> set[str]:
     ids = set()
     for path in output_files(out):
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.endswith("\n") and line.strip():
+            for number, line in enumerate(f, 1):
+                if not line.endswith("\n") or not line.strip():
+                    continue  # a line cut by a kill: captioned again
+                try:
                     ids.add(str(json.loads(line)["id"]))
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{number}: not a caption line with an id ({e}); "
+                                     "fix or remove it to resume") from None
     return ids
 
 
@@ -141,7 +146,7 @@ def _load(generator: Generator, item: CaptionItem):
 
 def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, *,
                   user_prompt: str = DEFAULT_PROMPT, template: str = "v1",
-                  sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 512,
+                  sampling: SamplingConfig = GREEDY, max_new_tokens: int = 512,
                   batch_size: int = 8, as_records: bool = False,
                   stop_strings: Sequence[str] | None = None, progress: bool = True,
                   report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
@@ -159,7 +164,7 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
     bar = tqdm(total=len(pending), unit="img", desc="caption", disable=not progress)
     with concurrent.futures.ThreadPoolExecutor(loaders) as pool, \
             open(out, "a", encoding="utf-8") as f:
-        submit = lambda batch: [pool.submit(_load, generator, it) for it in batch]  # noqa: E731
+        submit = lambda batch: [pool.submit(_load, generator, it) for it in batch]
         next_loads = submit(batches[0]) if batches else []
         for b, batch in enumerate(batches):
             loads, next_loads = next_loads, submit(batches[b + 1]) if b + 1 < len(batches) else []
@@ -182,4 +187,23 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
             bar.update(len(batch))
             bar.set_postfix(corrupt=len(summary.corrupt), refresh=False)
     bar.close()
+    return summary
+
+
+def caption_job(generator: Generator, source: str, out: str, *, image_folder: str | None = None,
+                shard: tuple[int, int] = (0, 1), user_prompt: str | None = None,
+                template: str = "v1", **kw) -> CaptionSummary:
+    """The `caption` command: this host's share (every `count`-th item from `index`) of a
+    folder or records file, into its output file; prints a summary line to stderr."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
+    items = list_items(source, image_folder)[index::count]
+    host_out = host_output_path(out, index, count)
+    if user_prompt is None:  # `plain` was trained on a bare `<image>` (§3.3)
+        user_prompt = "" if template == "plain" else DEFAULT_PROMPT
+    summary = caption_items(generator, items, host_out, user_prompt=user_prompt,
+                            template=template, **kw)
+    print(f"{host_out}: {summary.written} written, {summary.already_done} already done, "
+          f"{len(summary.corrupt)} unreadable", file=sys.stderr)
     return summary

@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from sgv_jax.data.images import load_image
 from sgv_jax.generation import prompts
 from sgv_jax.generation.generator import Completion, Generator
-from sgv_jax.generation.sampling import SamplingConfig
+from sgv_jax.generation.sampling import GREEDY, SamplingConfig
 
 EXIT_WORDS = ("exit", "quit", "/exit", "/quit")
 
 
 def answer(generator: Generator, prompt: str, image_path: str | None = None,
-           template: str = "v1", sampling: SamplingConfig = SamplingConfig(),
+           template: str = "v1", sampling: SamplingConfig = GREEDY,
            max_new_tokens: int = 1024, stop_strings: Sequence[str] | None = None,
            seed: int = 0) -> Completion:
     """One completion for a question (`run`). With template `none`, `prompt` is used verbatim
@@ -27,7 +27,7 @@ def answer(generator: Generator, prompt: str, image_path: str | None = None,
 
 
 def chat_loop(generator: Generator, image_path: str | None = None,
-              sampling: SamplingConfig = SamplingConfig(), max_new_tokens: int = 1024,
+              sampling: SamplingConfig = GREEDY, max_new_tokens: int = 1024,
               read: Callable[[str], str] | None = None,
               write: Callable[[str], None] | None = None, seed: int = 0) -> list[str]:
     """Multi-turn vicuna_v1 conversation (REFERENCE.md §3.1): every turn re-renders the whole

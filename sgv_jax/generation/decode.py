@@ -15,7 +15,7 @@ the last column; RoPE positions count real tokens only (cumsum(mask) - 1, as HF'
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -134,8 +134,8 @@ def generate_tokens(params: dict, cfg: VLMConfig, batch: dict, sampling: Samplin
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens {max_new_tokens} must be >= 1")
-    static = dict(cfg=cfg, sampling=sampling, max_new_tokens=max_new_tokens,
-                  eos_ids=tuple(eos_ids), pad_id=pad_id, dtype=dtype)
+    static = {"cfg": cfg, "sampling": sampling, "max_new_tokens": max_new_tokens,
+              "eos_ids": tuple(eos_ids), "pad_id": pad_id, "dtype": dtype}
     key = jax.random.key(0) if key is None else key
     state = prefill(params, batch, key, **static)
     if stopped is None:

@@ -23,7 +23,7 @@ from sgv_jax.data.images import ImageConfig, ImageProcessor
 from sgv_jax.data.tokenize import SentencePieceTokenizer, load_tokenizer
 from sgv_jax.generation import prompts
 from sgv_jax.generation.decode import generate_tokens
-from sgv_jax.generation.sampling import SamplingConfig
+from sgv_jax.generation.sampling import GREEDY, SamplingConfig
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.params import abstract_params, cast_floating, logical_axes
@@ -50,7 +50,7 @@ class Generator:
     @classmethod
     def from_params(cls, cfg: VLMConfig, params: dict, tokenizer: SentencePieceTokenizer, *,
                     dtype: str = "float32", aspect: str = "pad", mesh: Mesh | None = None,
-                    bucket: int = 32) -> "Generator":
+                    bucket: int = 32) -> Generator:
         params = cast_floating(params, dtype)  # once, not per decode step
         if mesh is not None:
             specs = llava.param_specs(cfg)
@@ -61,7 +61,7 @@ class Generator:
     @classmethod
     def from_checkpoint(cls, path: str, *, tokenizer: str | None = None,
                         dtype: str = "float32", aspect: str = "pad", mesh: Mesh | None = None,
-                        bucket: int = 32) -> "Generator":
+                        bucket: int = 32) -> Generator:
         """An sgv checkpoint directory (`save_sgv`); the tokenizer defaults to its
         `tokenizer/` folder."""
         tokenizer_path = tokenizer or os.path.join(path, "tokenizer")
@@ -87,7 +87,7 @@ class Generator:
         return self.image_processor(image)
 
     def complete(self, prompt_texts: Sequence[str], images: Sequence[np.ndarray | None],
-                 sampling: SamplingConfig = SamplingConfig(), *, max_new_tokens: int = 128,
+                 sampling: SamplingConfig = GREEDY, *, max_new_tokens: int = 128,
                  stop_strings: Sequence[str] = (), seed: int = 0,
                  pad_to: int | None = None) -> list[Completion]:
         """One completion per prompt. `images[i]` is preprocessed pixels [H, W, 3] or None.

@@ -46,6 +46,9 @@ class SamplingConfig:
         return self.repetition_penalty != 1.0
 
 
+GREEDY = SamplingConfig()
+
+
 def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
     """HF RepetitionPenaltyLogitsProcessor: for every token already in the sequence, negative
     scores are multiplied by `penalty` and the others divided by it. logits [B, V]; seen [B, V]."""
