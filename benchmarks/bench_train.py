@@ -1,0 +1,338 @@
+"""One training step: sgv-jax (`make_train_step` under `jit`) vs HF transformers'
+`LlavaForConditionalGeneration` (PyTorch CPU, eager attention), same run, same weights.
+
+Both sides get the same ~100M-parameter LLaVA config (CLIP-like tower 384 x 6 layers, 224 px /
+patch 14 = 256 image tokens; LLaMA-like decoder 768 x K layers, 12 heads, MLP 2048, vocab 32000;
+mlp2x_gelu projector), the same batch (B samples of L tokens: BOS, the 256 image tokens, text;
+loss on the text), fp32 everywhere, and the same stage-2-like trainable set: projector + whole
+decoder, vision tower frozen. AdamW (0.9, 0.999, 1e-8), weight decay 0, constant lr.
+HF weights are converted with `from_llava_hf_state_dict`, so the first losses must agree.
+
+`vision_feature_layer` is -1 (not LLaVA's -2) so both sides run every tower block: HF's CLIP
+always runs all of them, ours stops at the selected one, which would favour JAX by one block.
+
+Per side: samples/s (median over the timed steps) and the fraction of this machine's fp32 matmul
+roof (2 cores: ~135 GFLOP/s under XLA, ~108 under torch; `--roof-xla/--roof-torch`), from
+  * the analytic matmul count (same number for both sides: the fair comparison), and for JAX
+    also XLA's own `cost_analysis()` count of the compiled step;
+  * and, for reference, the naive 6 * N_trained * tokens.
+An isolated matmul of the step's largest shapes, timed in both frameworks, shows what the
+roof is under the current load. Prints numbers and the load average; asserts nothing.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 5] [--batch 2] [--seq 512] [--layers 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from sgv_jax import sharding  # noqa: E402
+from sgv_jax.constants import IGNORE_INDEX  # noqa: E402
+from sgv_jax.convert.llava_hf import from_llava_hf_state_dict  # noqa: E402
+from sgv_jax.models.config import VLMConfig  # noqa: E402
+from sgv_jax.train import optim  # noqa: E402
+from sgv_jax.train import step as step_lib  # noqa: E402
+
+LR, BETAS, EPS, WD = 2e-5, (0.9, 0.999), 1e-8, 0.0
+TRAINABLE = ("projector", "language_model")
+
+
+def load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+# ---------------------------------------------------------------- model and batch
+
+def hf_config(layers: int, seq: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+                              num_attention_heads=6, patch_size=14, image_size=224,
+                              projection_dim=384)
+    text = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
+                       num_hidden_layers=layers, num_attention_heads=12, num_key_value_heads=12,
+                       rms_norm_eps=1e-5, max_position_embeddings=max(2048, seq), pad_token_id=0,
+                       bos_token_id=1, eos_token_id=2)
+    # The image token must be a real vocabulary row for HF's embedding lookup: use the last one.
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=31999,
+                       vision_feature_layer=-1, vision_feature_select_strategy="default")
+
+
+def build_hf(config, seed: int):
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    model = LlavaForConditionalGeneration(config)
+    with torch.no_grad():  # random init leaves norms at 1 and biases at 0: perturb everything
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    model.train()  # no dropout in CLIP/LLaMA, but it is the training path
+    return model
+
+
+def make_batch(cfg: VLMConfig, batch: int, seq: int, seed: int) -> dict:
+    """Full-length samples: BOS, the image run, random text; labels on the text only."""
+    rng = np.random.default_rng(seed)
+    n_img = cfg.num_image_tokens
+    if seq <= n_img + 2:
+        raise SystemExit(f"--seq {seq} must exceed the {n_img} image tokens + 2")
+    ids = rng.integers(3, cfg.image_token_id, size=(batch, seq)).astype(np.int32)
+    ids[:, 0] = 1
+    ids[:, 1:1 + n_img] = cfg.image_token_id
+    labels = ids.copy()
+    labels[:, :1 + n_img] = IGNORE_INDEX
+    size = cfg.vision.image_size
+    pixels = rng.standard_normal((batch, size, size, 3)).astype(np.float32)  # NHWC
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
+            "pixel_values": pixels}
+
+
+# ---------------------------------------------------------------- FLOP counts
+
+def analytic_flops(cfg: VLMConfig, batch: int, seq: int) -> dict:
+    """Matmul FLOPs (2 per multiply-add) of one step, as both eager implementations run it:
+    full (un-skipped) causal attention score matrices, frozen tower forward only, no gradient
+    into the tower's output, decoder and lm_head forward + both backward matmuls (the trainable
+    embedding table needs the decoder's input gradient). Elementwise ops, norms, softmax,
+    the embedding gather and the optimizer are not counted (they are O(N), not O(N * tokens))."""
+    v, t = cfg.vision, cfg.text
+    dv, fv, pv = v.hidden_size, v.intermediate_size, v.num_patches
+    sv = pv + 1  # CLS
+    tv = batch * sv
+    vis = 2 * batch * pv * (3 * v.patch_size ** 2) * dv  # patch embedding (a conv = a matmul)
+    vis += cfg.vision_layers_used * (2 * tv * (4 * dv * dv + 2 * dv * fv)  # qkvo + mlp
+                                     + 4 * batch * sv * sv * dv)  # QK^T and PV
+    d, f, voc = t.hidden_size, t.intermediate_size, t.vocab_size
+    q_dim = t.num_heads * t.resolved_head_dim
+    kv_dim = t.num_kv_heads * t.resolved_head_dim
+    n_img = cfg.num_image_tokens
+    # projector: linear_1 (dv->d) needs only its weight grad (4x), linear_2 (d->d) also the
+    # input grad (6x).
+    proj = batch * n_img * (4 * dv * d + 6 * d * d)
+    toks = batch * seq
+    block_w = d * (q_dim + 2 * kv_dim) + q_dim * d + 3 * d * f
+    lm = t.num_layers * (6 * toks * block_w + 3 * 4 * batch * seq * seq * q_dim)
+    head = 6 * toks * d * voc
+    total = vis + proj + lm + head
+    return {"vision (fwd)": vis, "projector": proj, "decoder": lm, "lm_head": head,
+            "total": total}
+
+
+def naive_flops(n_trained: int, batch: int, seq: int) -> float:
+    return 6.0 * n_trained * batch * seq
+
+
+def xla_flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends may not implement it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+# ---------------------------------------------------------------- the two steps
+
+def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup: int,
+             dump_hlo: str | None):
+    mesh = sharding.make_mesh(1, 1, 1)
+    schedule = optax.constant_schedule(LR)
+    optimizer = optim.make_optimizer(schedule, BETAS[0], BETAS[1], EPS, WD, None)
+    params = jax.tree.map(jnp.asarray, params_np)
+    trainable, frozen = optim.split_trainable(params, TRAINABLE, -1)
+    state_sh = step_lib.state_shardings(cfg, optimizer, trainable, mesh)
+    frozen_sh = step_lib.param_shardings_for(cfg, frozen, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=state_sh["opt_state"])(trainable)
+    state = {"step": jnp.int32(0), "params": trainable, "opt_state": opt_state,
+             "rng": jax.random.PRNGKey(0)}
+    state = jax.device_put(state, state_sh)
+    frozen = jax.device_put(frozen, frozen_sh)
+    batch = {k: v[None] for k, v in batch_np.items()}  # A = 1 accumulation micro-batch
+    batch_sh = step_lib.batch_shardings(mesh, batch, accumulated=True)
+    batch = jax.device_put(batch, batch_sh)
+    fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.float32, "none",
+                                  freeze_pad_row=True)
+    jitted = step_lib.jit_train_step(fn, state_sh, frozen_sh, batch_sh)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state, frozen, batch).compile()
+    compile_s = time.perf_counter() - t0
+    if dump_hlo:
+        with open(dump_hlo, "w") as fh:
+            fh.write(compiled.as_text())
+    losses, times, cpu = [], [], []
+    for i in range(warmup + steps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        state, metrics = compiled(state, frozen, batch)
+        jax.block_until_ready((state, metrics))
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        losses.append(float(metrics["loss"]))
+        if i >= warmup:
+            times.append(dt)
+            cpu.append(dc)
+    n_trained = sum(x.size for x in jax.tree.leaves(trainable))
+    return {"times": times, "cpu": cpu, "losses": losses, "compile_s": compile_s,
+            "xla_flops": xla_flops(compiled), "n_trained": n_trained}
+
+
+def torch_side(model, batch_np: dict, steps: int, warmup: int):
+    import torch
+
+    model.model.vision_tower.requires_grad_(False)  # transformers >= 4.52 layout
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    ids = torch.from_numpy(batch_np["input_ids"].astype(np.int64))
+    mask = torch.from_numpy(batch_np["attention_mask"].astype(np.int64))
+    labels = torch.from_numpy(batch_np["labels"].astype(np.int64))
+    pixels = torch.from_numpy(np.ascontiguousarray(batch_np["pixel_values"].transpose(0, 3, 1, 2)))
+    losses, times, cpu = [], [], []
+    for i in range(warmup + steps):
+        c0, t0 = time.process_time(), time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+        out.loss.backward()
+        opt.step()
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        losses.append(float(out.loss.detach()))
+        if i >= warmup:
+            times.append(dt)
+            cpu.append(dc)
+    return {"times": times, "cpu": cpu, "losses": losses, "n_trained": sum(p.numel() for p in params)}
+
+
+def matmul_roofs(m: int, k: int, n: int, reps: int = 5) -> tuple[float, float]:
+    """Best GFLOP/s of an isolated fp32 [m,k] @ [k,n] in XLA and in torch."""
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((m, k), np.float32)
+    b = np.random.default_rng(1).standard_normal((k, n), np.float32)
+    f = jax.jit(jnp.matmul)
+    ja, jb = jnp.asarray(a), jnp.asarray(b)
+    f(ja, jb).block_until_ready()
+    jt = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(ja, jb).block_until_ready()
+        jt.append(time.perf_counter() - t0)
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    ta @ tb
+    tt = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        ta @ tb
+        tt.append(time.perf_counter() - t0)
+    flops = 2.0 * m * k * n
+    return flops / min(jt) / 1e9, flops / min(tt) / 1e9
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side (after compile)")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=512, help="tokens per sample, incl. 256 image ones")
+    ap.add_argument("--layers", type=int, default=8, help="decoder layers")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--roof-xla", type=float, default=135.0, help="GFLOP/s, fp32 matmul, XLA")
+    ap.add_argument("--roof-torch", type=float, default=108.0, help="GFLOP/s, fp32 matmul, torch")
+    ap.add_argument("--only", choices=("jax", "torch"), help="time one side only")
+    ap.add_argument("--dump-hlo", help="write the compiled JAX step's HLO text here")
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
+          f"{os.cpu_count()} CPUs")
+    hf_cfg = hf_config(args.layers, args.seq)
+    model = build_hf(hf_cfg, seed=0)
+    cfg, params_np = from_llava_hf_state_dict(model.state_dict(), hf_cfg.to_dict())
+    n_total = sum(p.numel() for p in model.parameters())
+    batch_np = make_batch(cfg, args.batch, args.seq, seed=0)
+    print(f"model: {n_total / 1e6:.1f}M params (vision {cfg.vision.hidden_size}x"
+          f"{cfg.vision.num_layers}, {cfg.num_image_tokens} image tokens; decoder "
+          f"{cfg.text.hidden_size}x{cfg.text.num_layers}, mlp {cfg.text.intermediate_size}, "
+          f"vocab {cfg.text.vocab_size}); batch {args.batch} x {args.seq} tokens, fp32, "
+          f"AdamW, vision tower frozen")
+
+    counts = analytic_flops(cfg, args.batch, args.seq)
+    tokens = args.batch * args.seq
+    print(f"{load()}  (before timing)")
+
+    res = {}
+    if args.only != "torch":
+        res["jax"] = jax_side(cfg, params_np, batch_np, args.steps, args.warmup, args.dump_hlo)
+        print(f"jax   done, compile {res['jax']['compile_s']:.1f} s, {load()}")
+    if args.only != "jax":
+        res["torch"] = torch_side(model, batch_np, args.steps, args.warmup)
+        print(f"torch done, {load()}")
+
+    n_trained = next(iter(res.values()))["n_trained"]
+    if "jax" in res and "torch" in res:
+        assert res["jax"]["n_trained"] == res["torch"]["n_trained"], "trainable sets differ"
+        lj, lt = res["jax"]["losses"], res["torch"]["losses"]
+        print(f"sanity: initial loss jax {lj[0]:.6f} torch {lt[0]:.6f} |diff| "
+              f"{abs(lj[0] - lt[0]):.2e}; after 1 update jax {lj[1]:.6f} torch {lt[1]:.6f} "
+              f"|diff| {abs(lj[1] - lt[1]):.2e}")
+
+    naive = naive_flops(n_trained, args.batch, args.seq)
+    print("FLOPs per step (matmul, analytic): " + ", ".join(
+        f"{k} {v / 1e9:.1f} G" for k, v in counts.items()))
+    print(f"FLOPs per step: 6*N*tokens = 6 * {n_trained / 1e6:.2f}M trained * {tokens} = "
+          f"{naive / 1e9:.1f} G (counts the embedding table as a matmul, skips the tower and "
+          f"attention)")
+    if "jax" in res and res["jax"]["xla_flops"]:
+        xf = res["jax"]["xla_flops"]
+        print(f"FLOPs per step: XLA cost_analysis of the compiled JAX step = {xf / 1e9:.1f} G "
+              f"({xf / counts['total']:.3f} x analytic)")
+
+    roofs = {"jax": args.roof_xla, "torch": args.roof_torch}
+    rates = {}
+    for side, r in res.items():
+        med = statistics.median(r["times"])
+        rates[side] = args.batch / med
+        gf = counts["total"] / med / 1e9
+        line = (f"{side:5s}: {rates[side]:.3f} samples/s  step median {med:.2f} s "
+                f"(min {min(r['times']):.2f}, max {max(r['times']):.2f}, n={len(r['times'])})  "
+                f"{gf:.1f} GFLOP/s = {gf / roofs[side]:.1%} of {roofs[side]:.0f} roof (analytic)")
+        if side == "jax" and r["xla_flops"]:
+            gx = r["xla_flops"] / med / 1e9
+            line += f", {gx:.1f} GFLOP/s = {gx / roofs[side]:.1%} (XLA count)"
+        line += f"; 6N count {naive / med / 1e9 / roofs[side]:.1%}"
+        print(line)
+        print(f"       CPU time per step (all threads) median {statistics.median(r['cpu']):.2f} s "
+              f"(load-robust-ish: ideal = {args.threads} x an unloaded wall time; includes spinning)")
+    if len(rates) == 2:
+        print(f"ratio jax/torch: {rates['jax'] / rates['torch']:.2f}x  (goal >= 1.5x); by CPU "
+              f"time per step {statistics.median(res['torch']['cpu']) / statistics.median(res['jax']['cpu']):.2f}x")
+
+    d, v = cfg.text.hidden_size, cfg.text.vocab_size
+    for name, (m, k, n) in {"mlp up   ": (tokens, d, cfg.text.intermediate_size),
+                            "lm_head  ": (tokens, d, v)}.items():
+        gj, gt = matmul_roofs(m, k, n)
+        print(f"isolated matmul {name} [{m}x{k}]@[{k}x{n}]: XLA {gj:.1f} GFLOP/s, "
+              f"torch {gt:.1f} GFLOP/s")
+    print(f"{load()}  (after timing)")
+
+
+if __name__ == "__main__":
+    main()
