@@ -37,6 +37,7 @@ def main() -> None:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + f" --xla_force_host_platform_device_count={devices}")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu compiles offline
 
     from sgv_jax import plan
     from sgv_jax.train.config_file import load_config_file
@@ -55,9 +56,18 @@ def main() -> None:
             config.remat = args.remat
     from sgv_jax.models.config import get_preset
 
-    print(f"compiling the {config.model} train step for {devices} simulated devices...",
-          flush=True)
-    result, _ = plan.plan(config, get_preset(config.model))
+    target = plan.tpu_devices(args.chip, devices)
+    where = (f"{devices} x {args.chip} (XLA's TPU compiler, no TPU needed)" if target is not None
+             else f"{devices} simulated CPU devices (temporaries are the CPU compiler's, which "
+                  "ignores remat: install libtpu for TPU-exact numbers)")
+    print(f"compiling the {config.model} train step for {where}...", flush=True)
+    try:
+        result, _ = plan.plan(config, get_preset(config.model), devices=target)
+    except plan.DoesNotFit as e:
+        print(f"does NOT fit: {e}")
+        print(f"per-device total: {e.required / 1e9:.2f} GB (temporaries alone; "
+              f"{e.available / 1e9:.2f} GB available)")
+        raise SystemExit(1) from None
     print(plan.report(result, args.chip, args.mfu))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,14 @@ CHIPS = {
     "a100": (312e12, 80e9),
     "h100": (989e12, 80e9),
 }
+
+
+class DoesNotFit(RuntimeError):
+    """The target compiler rejected the step for lack of device memory."""
+
+    def __init__(self, required: float, available: float, message: str):
+        super().__init__(message)
+        self.required, self.available = required, available
 
 
 @dataclasses.dataclass
@@ -72,8 +81,34 @@ def analytic_flops(cfg: VLMConfig, trainable: int, frozen: int, text_tokens: int
         text_like * text_tokens + vision * vis_tokens)
 
 
-def plan(config, cfg: VLMConfig) -> tuple[Plan, object]:
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+# Chip counts → the physical topology libtpu compiles for (3D tori for v4/v5p, 2D for v5e/v6e).
+_TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+             256: "4x8x8", 512: "8x8x8", 1024: "8x8x16"}
+_TORUS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+TPU_CHIPS = {"v4": ("v4", _TORUS_3D), "v5p": ("v5p", _TORUS_3D), "v5e": ("v5e", _TORUS_2D)}
+
+
+def tpu_devices(chip: str, count: int):
+    """Abstract TPU devices of a `count`-chip slice: with libtpu installed, XLA's TPU compiler
+    runs here without the hardware (as MaxText's train_compile does), so memory and FLOPs are
+    those of the real target, remat and fusion included. None if libtpu is unavailable."""
+    if chip not in TPU_CHIPS:
+        return None
+    name, shapes = TPU_CHIPS[chip]
+    if count not in shapes:
+        raise ValueError(f"{count} chips: no {chip} slice shape known; use one of {sorted(shapes)}")
+    try:
+        from jax.experimental import topologies
+
+        return topologies.get_topology_desc(platform="tpu",
+                                            topology_name=f"{name}:{shapes[count]}").devices
+    except Exception:  # noqa: BLE001 -- no libtpu: fall back to simulated CPU devices
+        return None
+
+
+def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                              devices=devices)
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = config.per_device_batch_size * batch_devices
     if config.global_batch_size % micro:
@@ -103,7 +138,17 @@ def plan(config, cfg: VLMConfig) -> tuple[Plan, object]:
                                        config.freeze_pad_row)
     jitted = step_lib.jit_train_step(step_fn, state_sh, frozen_sh, batch_sh)
     with jax.set_mesh(mesh):
-        compiled = jitted.lower(abs_state, abs_frozen, batch).compile()
+        lowered = jitted.lower(abs_state, abs_frozen, batch)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses programs that exceed HBM and says by how much.
+            match = re.search(r"HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)",
+                              str(e))
+            if not match:
+                raise
+            raise DoesNotFit(float(match.group(1)) * 2**30, float(match.group(2)) * 2**30,
+                             str(e).splitlines()[0]) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     param_bytes = (per_device_bytes(abs_train, state_sh["params"])

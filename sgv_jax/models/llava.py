@@ -100,11 +100,10 @@ def default_positions(input_ids: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
 
 
-def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-            remat: str = "none") -> tuple[jax.Array, dict]:
-    """Logits [B, L, V] (fp32) and named intermediates (big_vision style `out`)."""
-    params = cast_floating(params, dtype)
-    out: dict = {}
+def hidden_states(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+                  remat: str = "none", out: dict | None = None) -> jax.Array:
+    """The decoder's final-normed hidden states [B, L, D] (params already in `dtype`)."""
+    out = {} if out is None else out
     embeds = embed_inputs(params, cfg, batch, dtype, remat, out)
     mask = batch.get("attention_mask")
     if mask is None:
@@ -115,7 +114,53 @@ def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
     hidden, _ = llama.decode(params["language_model"], cfg.text, embeds, positions, mask,
                              remat_block=remat_wrapper(remat))
     out["llm/hidden"] = hidden
+    return hidden
+
+
+def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+            remat: str = "none") -> tuple[jax.Array, dict]:
+    """Logits [B, L, V] (fp32) and named intermediates (big_vision style `out`)."""
+    params = cast_floating(params, dtype)
+    out: dict = {}
+    hidden = hidden_states(params, cfg, batch, dtype, remat, out)
     return llama.logits(params["language_model"], cfg.text, hidden), out
+
+
+def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+               remat: str = "none", chunk: int = 512) -> tuple[jax.Array, jax.Array]:
+    """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
+    the vocabulary projection and cross-entropy run over `chunk`-token slices, each
+    rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
+    params = cast_floating(params, dtype)
+    hidden = hidden_states(params, cfg, batch, dtype, remat)
+    lm = params["language_model"]
+    # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
+    targets = jnp.concatenate([batch["labels"][:, 1:],
+                               jnp.full_like(batch["labels"][:, :1], IGNORE_INDEX)], axis=1)
+    length = hidden.shape[1]
+    if length <= chunk or length % chunk:
+        return _chunk_losses(lm, cfg, hidden, targets)
+
+    @jax.checkpoint
+    def one(carry, xs):
+        h, t = xs
+        total, count = _chunk_losses(lm, cfg, h, t)
+        return (carry[0] + total, carry[1] + count), None
+
+    b, d = hidden.shape[0], hidden.shape[2]
+    hs = hidden.reshape(b, length // chunk, chunk, d).swapaxes(0, 1)
+    ts = targets.reshape(b, length // chunk, chunk).swapaxes(0, 1)
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+    (total, count), _ = jax.lax.scan(one, init, (hs, ts))
+    return total, count
+
+
+def _chunk_losses(lm: dict, cfg: VLMConfig, hidden: jax.Array, targets: jax.Array):
+    logits = llama.logits(lm, cfg.text, hidden)
+    counted = targets != IGNORE_INDEX
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, jnp.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
+    return jnp.where(counted, logz - picked, 0.0).sum(), counted.sum()
 
 
 def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -133,8 +178,7 @@ def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
 def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
          remat: str = "none") -> jax.Array:
     """Mean shifted cross-entropy over labels != IGNORE_INDEX in the batch."""
-    logits, _ = forward(params, cfg, batch, dtype, remat)
-    total, count = token_losses(logits, batch["labels"])
+    total, count = loss_terms(params, cfg, batch, dtype, remat)
     return total / jnp.maximum(count, 1)
 
 

@@ -30,8 +30,7 @@ def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, sch
     pad_row = cfg.text.pad_token_id if freeze_pad_row else None
 
     def loss_terms(trainable, frozen, micro):
-        logits, _ = llava.forward(merge(trainable, frozen), cfg, micro, compute_dtype, remat)
-        return llava.token_losses(logits, micro["labels"])
+        return llava.loss_terms(merge(trainable, frozen), cfg, micro, compute_dtype, remat)
 
     grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
 
@@ -63,8 +62,7 @@ def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, sch
 
 def make_eval_step(cfg: VLMConfig, compute_dtype) -> Callable:
     def eval_step(params: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
-        logits, _ = llava.forward(params, cfg, batch, compute_dtype)
-        return llava.token_losses(logits, batch["labels"])
+        return llava.loss_terms(params, cfg, batch, compute_dtype)
 
     return eval_step
 
