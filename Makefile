@@ -8,7 +8,13 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 	.venv/bin/pip install -q -r requirements-dev.txt
 	touch $(VENV_STAMP)
 
-.PHONY: venv demo test test-fast
+# Optional: the TPU compiler for launch/plan.py (exact TPU memory/FLOPs without a TPU).
+.libtpu: $(VENV_STAMP)
+	.venv/bin/pip install -q --no-deps --target .libtpu "libtpu==0.0.42.1"
+
+.PHONY: venv demo test test-fast libtpu
+libtpu: .libtpu
+
 venv: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)

@@ -23,7 +23,7 @@ def get_config(variant: str = ""):
         c.init_from = "runs/demo/pretrain/sgv"
         c.optim.lr = 1e-3
         c.data.max_length = 96  # system prompt + 16 image positions + three QA turns
-        c.num_epochs = 2
+        c.num_epochs = 4
     elif variant:
         raise ValueError(f"unknown variant {variant!r} for finetune.py; known: demo")
     return c

@@ -8,7 +8,12 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# `make libtpu` puts the TPU compiler here (kept out of the venv so that ordinary runs do not
+# probe for TPUs); with it, TPU targets compile with XLA's real TPU pipeline on this machine.
+if os.path.isdir(os.path.join(REPO, ".libtpu")):
+    sys.path.append(os.path.join(REPO, ".libtpu"))
 
 
 def parse_mesh(text: str) -> dict:

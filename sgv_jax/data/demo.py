@@ -36,7 +36,7 @@ def draw(color: str, shape: str, position: str, rng: random.Random) -> Image.Ima
     canvas = ImageDraw.Draw(image)
     half = IMAGE_SIZE // 2
     qx, qy = POSITIONS[position]
-    size = rng.randint(10, 13)
+    size = 12  # fixed, so each of the four patches a shape touches shows a fixed fragment
     cx = qx * half + half // 2 + rng.randint(-1, 1)
     cy = qy * half + half // 2 + rng.randint(-1, 1)
     x0, y0, x1, y1 = cx - size // 2, cy - size // 2, cx + size // 2, cy + size // 2
@@ -44,7 +44,7 @@ def draw(color: str, shape: str, position: str, rng: random.Random) -> Image.Ima
     if shape == "circle":
         canvas.ellipse((x0, y0, x1, y1), fill=fill)
     elif shape == "square":
-        canvas.rectangle((x0 + 1, y0 + 1, x1 - 1, y1 - 1), fill=fill)
+        canvas.rectangle((x0, y0, x1, y1), fill=fill)
     elif shape == "triangle":
         canvas.polygon([(cx, y0), (x0, y1), (x1, y1)], fill=fill)
     else:
