@@ -69,7 +69,8 @@ def main() -> None:
     try:
         result, _ = plan.plan(config, get_preset(config.model), devices=target)
     except plan.DoesNotFit as e:
-        print(f"does NOT fit: {e}")
+        # The compiler's own report names the largest buffers (shape, op, source line).
+        print("does NOT fit:\n" + "\n".join(str(e).splitlines()[:60]))
         print(f"per-device total: {e.required / 1e9:.2f} GB (temporaries alone; "
               f"{e.available / 1e9:.2f} GB available)")
         raise SystemExit(1) from None

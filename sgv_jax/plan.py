@@ -24,9 +24,9 @@ from sgv_jax.train import optim, setup, step as step_lib
 
 # Dense bf16 peak per chip (vendor figures) and HBM per chip, for the step-time estimate.
 CHIPS = {
-    "v5p": (459e12, 95e9),
-    "v4": (275e12, 32e9),
-    "v5e": (197e12, 16e9),
+    "v5p": (459e12, 95 * 2**30),
+    "v4": (275e12, 32 * 2**30),
+    "v5e": (197e12, 16 * 2**30),
     "a100": (312e12, 80e9),
     "h100": (989e12, 80e9),
 }
@@ -148,7 +148,7 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
             if not match:
                 raise
             raise DoesNotFit(float(match.group(1)) * 2**30, float(match.group(2)) * 2**30,
-                             str(e).splitlines()[0]) from None
+                             str(e)) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
     param_bytes = (per_device_bytes(abs_train, state_sh["params"])
