@@ -54,7 +54,10 @@ class Plan:
     grad_bytes: int  # per device: one gradient tree (fp32, sharded like the params)
     temp_bytes: int  # per device: XLA temporaries (activations, gathered weights, grads)
     total_bytes: int
-    compiled_flops: float  # per device per step, from cost analysis
+    # Per device per step from XLA's cost analysis, which counts a loop body once: scaled by
+    # the accumulation steps here; attention query blocks and loss chunks (sequences longer
+    # than 512) stay counted once, so long-sequence figures are low.
+    compiled_flops: float
     analytic_flops: float  # 6·N_trainable·tokens + 2·N_frozen·tokens, whole step, all devices
 
 
@@ -100,8 +103,10 @@ def tpu_devices(chip: str, count: int):
     try:
         from jax.experimental import topologies
 
-        return topologies.get_topology_desc(platform="tpu",
-                                            topology_name=f"{name}:{shapes[count]}").devices
+        # A v4 chip's two cores run as one device ("megacore"), as jax uses them.
+        extra = {"chip_config_name": "megacore"} if chip == "v4" else {}
+        return topologies.get_topology_desc(platform="tpu", topology_name=f"{name}:{shapes[count]}",
+                                            **extra).devices
     except Exception:  # noqa: BLE001 -- no libtpu: fall back to simulated CPU devices
         return None
 
@@ -166,7 +171,7 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
         devices=mesh.size, mesh=dict(mesh.shape), accum_steps=accum, micro_batch=micro,
         tokens_per_step=tokens, params=n_train + n_frozen, trainable_params=n_train,
         param_bytes=param_bytes, opt_bytes=opt_bytes, grad_bytes=grad_bytes, temp_bytes=temp,
-        total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)),
+        total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)) * accum,
         analytic_flops=analytic_flops(cfg, n_train, n_frozen, tokens, config.global_batch_size))
     return result, compiled
 
