@@ -35,16 +35,16 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import optax
 
-from sgv_jax import sharding  # noqa: E402
-from sgv_jax.constants import IGNORE_INDEX  # noqa: E402
-from sgv_jax.convert.llava_hf import from_llava_hf_state_dict  # noqa: E402
-from sgv_jax.models.config import VLMConfig  # noqa: E402
-from sgv_jax.train import optim  # noqa: E402
-from sgv_jax.train import step as step_lib  # noqa: E402
+from sgv_jax import sharding
+from sgv_jax.constants import IGNORE_INDEX
+from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
+from sgv_jax.models.config import VLMConfig
+from sgv_jax.train import optim
+from sgv_jax.train import step as step_lib
 
 LR, BETAS, EPS, WD = 2e-5, (0.9, 0.999), 1e-8, 0.0
 TRAINABLE = ("projector", "language_model")

@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags, logging
+from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Run config file[:variant].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")

@@ -25,15 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-
 from etils import epath
 
 from sgv_jax.convert.formats import group_of
-from sgv_jax.paths import is_remote, resolve
 from sgv_jax.convert.state_dict import ConversionError
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.params import flatten, is_spec, unflatten
+from sgv_jax.paths import is_remote, resolve
 
 FORMAT, VERSION = "sgv", 1
 Group = tuple[str, dict[str, Any]]  # (group name, {full param path: array})

@@ -20,7 +20,8 @@ from sgv_jax import sharding
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.params import abstract_params, count_params
-from sgv_jax.train import optim, setup, step as step_lib
+from sgv_jax.train import optim, setup
+from sgv_jax.train import step as step_lib
 
 # Dense bf16 peak per chip (vendor figures) and HBM per chip, for the step-time estimate.
 CHIPS = {

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sgv_jax.convert.llava_hf import from_llava_hf_state_dict  # noqa: E402
-from sgv_jax.models import llava  # noqa: E402
-from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config  # noqa: E402
+from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
+from sgv_jax.models import llava
+from tests.hf_tiny import build_hf_llava, make_inputs, tiny_llava_config
 
 pytestmark = pytest.mark.torch
 

@@ -7,7 +7,13 @@ import pytest
 from sgv_jax import sharding
 from sgv_jax.models import get_preset, llava
 from sgv_jax.models.config import PRESETS, validate
-from sgv_jax.models.params import abstract_params, count_params, init_params, is_spec, logical_axes
+from sgv_jax.models.params import (
+    abstract_params,
+    count_params,
+    init_params,
+    is_spec,
+    logical_axes,
+)
 
 
 def abstract_init(cfg):

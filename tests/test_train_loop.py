@@ -69,10 +69,11 @@ def test_frozen_params_never_change_and_trainable_ones_do(runs):
 
 
 def test_optimizer_state_only_covers_trainable_params():
+    import optax
+
     from sgv_jax.models import get_preset, llava
     from sgv_jax.models.params import abstract_params
     from sgv_jax.train import optim
-    import optax
 
     config = load_config("llava15_pretrain")
     abstract = abstract_params(llava.param_specs(get_preset(config.model)))

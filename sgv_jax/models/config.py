@@ -80,13 +80,13 @@ class VLMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "VLMConfig":
+    def from_dict(cls, d: dict[str, Any]) -> VLMConfig:
         d = dict(d)
         vision = VisionConfig(**d.pop("vision", {}))
         text = TextConfig(**d.pop("text", {}))
         return cls(vision=vision, text=text, **d)
 
-    def replace(self, **kw: Any) -> "VLMConfig":
+    def replace(self, **kw: Any) -> VLMConfig:
         return dataclasses.replace(self, **kw)
 
 
@@ -105,7 +105,9 @@ def validate(config: VLMConfig) -> None:
                         f"{v.num_layers + 1} hidden states")
     if config.vision_feature_select not in ("patch", "cls_patch"):
         problems.append(f"vision_feature_select {config.vision_feature_select!r}: use 'patch' or 'cls_patch'")
-    from sgv_jax.models.projector import projector_depth  # local: avoids an import cycle
+    from sgv_jax.models.projector import (
+        projector_depth,  # local: avoids an import cycle
+    )
 
     projector_depth(config.projector_type)  # raises with the name if unknown
     if problems:

@@ -6,7 +6,7 @@ permutation), grouped-query attention, SwiGLU MLP, and an optional preallocated 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,7 @@ tower, as in the reference, and its features are never read.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,7 @@ def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
 
 
 def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-               remat: str = "none", chunk: int = 512) -> tuple[jax.Array, jax.Array]:
+               remat: str = "none", chunk: int = 256) -> tuple[jax.Array, jax.Array]:
     """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
     the vocabulary projection and cross-entropy run over `chunk`-token slices, each
     rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""

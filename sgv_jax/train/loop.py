@@ -24,7 +24,8 @@ from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
 from sgv_jax.models.params import abstract_params
 from sgv_jax.paths import resolve
-from sgv_jax.train import optim, setup, step as step_lib
+from sgv_jax.train import optim, setup
+from sgv_jax.train import step as step_lib
 from sgv_jax.train.metrics import MetricWriter
 
 

@@ -16,7 +16,8 @@ from sgv_jax import sharding
 from sgv_jax.data import pipeline
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig, get_preset, validate
-from sgv_jax.train import optim, step as step_lib
+from sgv_jax.train import optim
+from sgv_jax.train import step as step_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

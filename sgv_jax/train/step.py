@@ -9,12 +9,14 @@ token means (REFERENCE §4.5); with equal token counts per device the two agree.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from sgv_jax import sharding
 from sgv_jax.models import llava
