@@ -59,6 +59,7 @@ class Plan:
     # the accumulation steps here; attention query blocks and loss chunks (sequences longer
     # than 512) stay counted once, so long-sequence figures are low.
     compiled_flops: float
+    compiled_for_tpu: bool
     analytic_flops: float  # 6·N_trainable·tokens + 2·N_frozen·tokens, whole step, all devices
 
 
@@ -173,6 +174,7 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
         tokens_per_step=tokens, params=n_train + n_frozen, trainable_params=n_train,
         param_bytes=param_bytes, opt_bytes=opt_bytes, grad_bytes=grad_bytes, temp_bytes=temp,
         total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)) * accum,
+        compiled_for_tpu=mesh.devices.flat[0].platform == "tpu",
         analytic_flops=analytic_flops(cfg, n_train, n_frozen, tokens, config.global_batch_size))
     return result, compiled
 
@@ -195,7 +197,9 @@ def report(p: Plan, chip: str, mfu: float) -> str:
         f"{p.analytic_flops:.3e} (ratio {step_flops / p.analytic_flops:.2f})",
         f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
         f"({p.tokens_per_step / seconds:,.0f} tokens/s)",
-        f"fits {chip} ({hbm / gb:.0f} GB HBM): {'yes' if p.total_bytes <= hbm else 'NO'}",
+        (f"fits {chip}: yes (XLA's TPU compiler accepted the program; it refuses one that "
+         f"exceeds HBM)" if p.compiled_for_tpu else
+         f"fits {chip} ({hbm / 2**30:.0f} GiB HBM): {'yes' if p.total_bytes <= hbm else 'NO'}"),
         f"per-device total: {p.total_bytes / gb:.2f} GB",
     ]
     return "\n".join(lines)
