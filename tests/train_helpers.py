@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
+
+from sgv_jax.train.config_file import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str, variant: str = "demo", **overrides):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(variant)
+    config = load_config_file(os.path.join(REPO, "configs", f"{name}.py") +
+                              (f":{variant}" if variant else ""))
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")

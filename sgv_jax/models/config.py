@@ -141,12 +141,6 @@ PRESETS: dict[str, VLMConfig] = {
         text=TextConfig(vocab_size=128, hidden_size=48, intermediate_size=96, num_layers=2,
                         num_heads=4, num_kv_heads=2, max_position_embeddings=256),
     ),
-    "demo_p16": VLMConfig(
-        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
-                            patch_size=16, image_size=32),
-        text=TextConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4,
-                        num_heads=4, num_kv_heads=2, max_position_embeddings=512),
-    ),
     # The demo model: small enough to train both stages on 2 CPU cores in minutes.
     "demo": VLMConfig(
         vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,

@@ -3,7 +3,6 @@ held-out accuracy and a report. Configs are the `demo` variants of the real stag
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -12,16 +11,14 @@ import jax
 
 from sgv_jax.checkpoint_sgv import load_sgv
 from sgv_jax.train import demo_eval
+from sgv_jax.train.config_file import load_config_file
 from sgv_jax.train.loop import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def stage_config(name: str, **overrides):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("demo")
+    config = load_config_file(os.path.join(REPO, "configs", f"{name}.py:demo"))
     for key, value in overrides.items():
         setattr(config, key, value)
     return config
