@@ -55,7 +55,7 @@ def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, sch
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
                      "opt_state": opt_state, "rng": jax.random.fold_in(state["rng"], state["step"])}
-        metrics = {"loss": total / denom, "tokens": count, "grad_norm": optax.global_norm(grads),
+        metrics = {"loss": total / denom, "tokens": count, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"])}
         return new_state, metrics
 
