@@ -2,10 +2,11 @@
 PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt
+$(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv .venv
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements-dev.txt
+	.venv/bin/pip install -q --no-deps -e .
 	touch $(VENV_STAMP)
 
 # Optional: the TPU compiler for launch/plan.py (exact TPU memory/FLOPs without a TPU).

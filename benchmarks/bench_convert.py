@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 from sgv_jax.convert import formats
 from sgv_jax.convert.hf_config import vlm_to_llava_hf

@@ -17,10 +17,7 @@ table, of which it reads B rows) and the KV cache so far; fraction = achieved by
 
 import argparse
 import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
 import numpy as np

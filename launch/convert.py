@@ -10,10 +10,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sgv_jax.convert.cli import DTYPES, FORMATS_IN, FORMATS_OUT, run
 

@@ -12,10 +12,6 @@
 
 import argparse
 import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sgv_jax.data import audit, tokenize
 

@@ -9,9 +9,6 @@ WORKDIR/report/ (losses.png, answers.png, results.json). Re-running resumes / sk
 
 import argparse
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 # `make libtpu` puts the TPU compiler here (kept out of the venv so that ordinary runs do not
 # probe for TPUs); with it, TPU targets compile with XLA's real TPU pipeline on this machine.
 if os.path.isdir(os.path.join(REPO, ".libtpu")):

@@ -9,10 +9,7 @@ Re-running with the same --workdir resumes from its latest checkpoint. On severa
 otherwise pass --coordinator/--num_processes/--process_id (or JAX_COORDINATOR_ADDRESS etc.).
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 from ml_collections import config_flags
