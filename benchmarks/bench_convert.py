@@ -28,8 +28,7 @@ from sgv_jax.convert import formats
 from sgv_jax.convert.hf_config import vlm_to_llava_hf
 from sgv_jax.convert.safetensors_out import ShardedWriter
 from sgv_jax.models.config import TextConfig, VisionConfig, VLMConfig
-from sgv_jax.models.llava import param_specs
-from sgv_jax.models.params import flatten, is_spec
+from sgv_jax.models.storage import storage_shapes
 
 GIB = 1 << 30
 
@@ -48,11 +47,11 @@ def write_source(folder: str, cfg: VLMConfig, shard_bytes: int) -> None:
     """Sharded fp16 safetensors, written one tensor at a time (the builder stays small too).
     Tensors are stored block by block, as `save_pretrained` orders a state dict."""
     os.makedirs(folder)
-    specs = flatten(param_specs(cfg), is_leaf=is_spec)
+    shapes = storage_shapes(cfg)  # block by block
     by_path = {path: (key, tf) for key, (path, tf) in
                formats.key_table(cfg, formats.LLAVA_HF_OLD).items()}
-    plan = [(by_path[path][0], by_path[path][1].theirs_shape(spec.shape), "float16")
-            for path, spec in specs.items()]
+    plan = [(by_path[path][0], by_path[path][1].theirs_shape(shape), "float16")
+            for path, shape in shapes.items()]
     writer = ShardedWriter(folder, plan, shard_bytes)
     rng = np.random.default_rng(0)
     for key, shape, _ in plan:

@@ -9,7 +9,9 @@
     CKPT/tokenizer/         tokenizer / processor files copied from the source, when it had them
 
 Groups let conversion stream (one block in RAM, not 28 GB of fp32 7B) and let `load_sgv` restore
-straight into sharded arrays group by group. Everything is written to a sibling `<CKPT>.partial`
+straight into sharded arrays group by group. Paths are per block (`models/storage.py`); the model's
+stacked layers are cut into blocks on save and stacked again on load, so the format is the same
+as before the layers were stacked and older checkpoints load unchanged. Everything is written to a sibling `<CKPT>.partial`
 and renamed at the end, so a failed write never leaves a directory that looks valid.
 """
 
@@ -26,16 +28,27 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from sgv_jax.convert.formats import group_of
-from sgv_jax.convert.state_dict import ConversionError
-from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import flatten, is_spec, unflatten
+from sgv_jax.models.storage import (
+    flatten,
+    group_of,
+    iter_groups,
+    split_block_path,
+    stack,
+    storage_shapes,
+    unflatten,
+)
 from sgv_jax.paths import is_remote, resolve
 
 FORMAT, VERSION = "sgv", 1
-Group = tuple[str, dict[str, Any]]  # (group name, {full param path: array})
+Group = tuple[str, dict[str, Any]]  # (group name, {per-block param path: array})
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is not what its config says: the message names every offending path."""
 
 
 def read_sgv_config(path: str) -> dict[str, Any]:
@@ -59,14 +72,6 @@ def read_param_index(path: str) -> dict[str, dict[str, dict]]:
     return json.loads((resolve(path) / "params" / "index.json").read_text())
 
 
-def groups_of_tree(params: dict) -> Iterator[Group]:
-    """Split a full parameter tree into storage groups (arrays untouched, so sharding survives)."""
-    by_group: dict[str, dict[str, Any]] = {}
-    for p, value in flatten(params).items():
-        by_group.setdefault(group_of(p), {})[p] = value
-    yield from by_group.items()
-
-
 def _cast(x: Any, dtype) -> Any:
     if dtype is None or not jnp.issubdtype(x.dtype, jnp.floating):
         return x
@@ -80,17 +85,17 @@ def _dtype_name(dtype) -> str:
 def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group], dtype=None,
              tokenizer_dir: str | list[str] | None = None, extra: dict[str, Any] | None = None
              ) -> str:
-    """Write an sgv checkpoint from a full tree (numpy or jax arrays, sharded ones included) or
-    from an iterator of (group, {path: array}) pairs for streamed conversion. Every parameter
+    """Write an sgv checkpoint from a full (stacked) tree (numpy or jax arrays, sharded ones
+    included) or from an iterator of (group, {path: array}) pairs for streamed conversion. Every parameter
     of `cfg` must be written once with its spec's shape. `tokenizer_dir` (a directory, or a list
     of files) is copied to `tokenizer/`. Returns `path`."""
     remote = is_remote(path)
     path = str(resolve(path))
     if resolve(path).exists():
         raise FileExistsError(f"{path} already exists; choose a new destination or remove it")
-    groups = groups_of_tree(params_or_groups) if isinstance(params_or_groups, dict) \
+    groups = iter_groups(params_or_groups) if isinstance(params_or_groups, dict) \
         else params_or_groups
-    expected = {p: s.shape for p, s in flatten(llava.param_specs(cfg), is_leaf=is_spec).items()}
+    expected = storage_shapes(cfg)
     # Object stores have no rename: there the files are written in place and config.json,
     # written last, is what makes the folder a checkpoint.
     partial = path if remote else path + ".partial"
@@ -110,7 +115,7 @@ def save_sgv(path: str, cfg: VLMConfig, params_or_groups: dict | Iterable[Group]
                        for p, v in flat.items()}
     unfilled = sorted(set(expected) - {p for g in index.values() for p in g})
     if unfilled:
-        raise ConversionError(f"{path}: parameters never written ({len(unfilled)}): "
+        raise CheckpointError(f"{path}: parameters never written ({len(unfilled)}): "
                               + ", ".join(unfilled[:20]))
     if jax.process_index() == 0:
         dtypes = {d["dtype"] for g in index.values() for d in g.values()}
@@ -142,7 +147,7 @@ def _copy_tokenizer(source: str | list[str] | None, target) -> None:
 
 def _check_group(name: str, flat: dict, expected: dict, index: dict, path: str) -> None:
     if name in index:
-        raise ConversionError(f"{path}: group {name} written twice")
+        raise CheckpointError(f"{path}: group {name} written twice")
     problems = []
     for p, v in flat.items():
         if p not in expected:
@@ -152,7 +157,7 @@ def _check_group(name: str, flat: dict, expected: dict, index: dict, path: str) 
         elif tuple(v.shape) != tuple(expected[p]):
             problems.append(f"{p}: expected shape {tuple(expected[p])}, found {tuple(v.shape)}")
     if problems:
-        raise ConversionError(f"{path}: group {name}:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{path}: group {name}:\n  " + "\n  ".join(problems))
 
 
 def iter_sgv_groups(path: str, dtype=None) -> Iterator[Group]:
@@ -166,14 +171,23 @@ def iter_sgv_groups(path: str, dtype=None) -> Iterator[Group]:
 
 
 def load_sgv(path: str, shardings: dict | None = None, dtype=None) -> tuple[VLMConfig, dict]:
-    """(model config, parameters). With `shardings` (a tree of `NamedSharding` shaped like the
-    parameters) each group is restored directly into sharded arrays; otherwise jax arrays on
-    the default device. `dtype` casts floating parameters on restore."""
+    """(model config, stacked parameters). With `shardings` (a tree of `NamedSharding` shaped
+    like the parameters) each group is restored directly into sharded arrays and the blocks are
+    stacked into sharded arrays; otherwise jax arrays on the default device. `dtype` casts
+    floating parameters on restore."""
     meta = read_sgv_config(path)
     cfg = VLMConfig.from_dict(meta["model"])
     index = read_param_index(path)
-    flat_shardings = flatten(shardings) if shardings is not None else {}
+    stacked_shardings = flatten(shardings) if shardings is not None else {}
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def block_sharding(p: str):
+        stacked_path, block = split_block_path(p)
+        sh = stacked_shardings.get(stacked_path)
+        if sh is None:
+            return default
+        return sh if block is None else NamedSharding(sh.mesh, P(*sh.spec[1:]))
+
     checkpointer = ocp.StandardCheckpointer()
     flat: dict[str, Any] = {}
     for name, leaves in index.items():
@@ -183,10 +197,15 @@ def load_sgv(path: str, shardings: dict | None = None, dtype=None) -> tuple[VLMC
             stored = jnp.dtype(info["dtype"])
             want = dtype if dtype is not None and jnp.issubdtype(stored, jnp.floating) else stored
             target[p[len(prefix):]] = jax.ShapeDtypeStruct(
-                tuple(info["shape"]), want, sharding=flat_shardings.get(p, default))
+                tuple(info["shape"]), want, sharding=block_sharding(p))
         restored = checkpointer.restore(resolve(path) / "params" / name, unflatten(target))
         flat.update({prefix + p: v for p, v in flatten(restored).items()})
-    return cfg, unflatten(flat)
+
+    def stack_blocks(stacked_path: str, blocks: list) -> jax.Array:
+        sh = stacked_shardings.get(stacked_path, default)
+        return jax.jit(lambda *b: jnp.stack(b), out_shardings=sh)(*blocks)
+
+    return cfg, stack(flat, stack_blocks)
 
 
 def _sync(name: str) -> None:

@@ -17,20 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgv_jax import sharding
-from sgv_jax.models import llava
+from sgv_jax.chips import CHIPS
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import abstract_params, count_params
-from sgv_jax.train import optim, setup
-from sgv_jax.train import step as step_lib
+from sgv_jax.train.layout import build_layout
 
-# Dense bf16 peak per chip (vendor figures) and HBM per chip, for the step-time estimate.
-CHIPS = {
-    "v5p": (459e12, 95 * 2**30),
-    "v4": (275e12, 32 * 2**30),
-    "v5e": (197e12, 16 * 2**30),
-    "a100": (312e12, 80e9),
-    "h100": (989e12, 80e9),
-}
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
 class DoesNotFit(RuntimeError):
@@ -55,12 +48,12 @@ class Plan:
     grad_bytes: int  # per device: one gradient tree (fp32, sharded like the params)
     temp_bytes: int  # per device: XLA temporaries (activations, gathered weights, grads)
     total_bytes: int
-    # Per device per step from XLA's cost analysis, which counts a loop body once: scaled by
-    # the accumulation steps here; attention query blocks and loss chunks (sequences longer
-    # than 512) stay counted once, so long-sequence figures are low.
+    # Per device per step from XLA's cost analysis, which counts a loop body once (the scanned
+    # layers, attention blocks, loss chunks and accumulation steps each once): a floor, shown
+    # for reference only.
     compiled_flops: float
     compiled_for_tpu: bool
-    analytic_flops: float  # 6·N_trainable·tokens + 2·N_frozen·tokens, whole step, all devices
+    analytic_flops: float  # model FLOPs of the whole step, all devices (TrainLayout)
 
 
 def per_device_bytes(abstract_tree, shardings) -> int:
@@ -72,34 +65,19 @@ def per_device_bytes(abstract_tree, shardings) -> int:
     return total
 
 
-def analytic_flops(cfg: VLMConfig, trainable: int, frozen: int, text_tokens: int,
-                   images: int) -> float:
-    """6·N·tokens for trained weights (forward + two backward matmuls), 2·N·tokens for frozen
-    ones (forward only; their input gradient is still needed below trained layers, ignored
-    here). Vision weights see patches, not text tokens."""
-    specs = llava.param_specs(cfg)
-    vision = count_params(specs["vision_tower"])
-    text_like = count_params(specs) - vision
-    vis_tokens = images * (cfg.vision.num_patches + 1)
-    trained_share = trainable / max(trainable + frozen, 1)
-    return float(6 * trained_share + 2 * (1 - trained_share)) * (
-        text_like * text_tokens + vision * vis_tokens)
-
-
 # Chip counts → the physical topology libtpu compiles for (3D tori for v4/v5p, 2D for v5e/v6e).
 _TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
              256: "4x8x8", 512: "8x8x8", 1024: "8x8x16"}
 _TORUS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
-TPU_CHIPS = {"v4": ("v4", _TORUS_3D), "v5p": ("v5p", _TORUS_3D), "v5e": ("v5e", _TORUS_2D)}
 
 
 def tpu_devices(chip: str, count: int):
     """Abstract TPU devices of a `count`-chip slice: with libtpu installed, XLA's TPU compiler
     runs here without the hardware (as MaxText's train_compile does), so memory and FLOPs are
     those of the real target, remat and fusion included. None if libtpu is unavailable."""
-    if chip not in TPU_CHIPS:
+    if chip not in CHIPS or not CHIPS[chip].torus:
         return None
-    name, shapes = TPU_CHIPS[chip]
+    name, shapes = chip, {3: _TORUS_3D, 2: _TORUS_2D}[CHIPS[chip].torus]
     if count not in shapes:
         raise ValueError(f"{count} chips: no {chip} slice shape known; use one of {sorted(shapes)}")
     try:
@@ -116,36 +94,11 @@ def tpu_devices(chip: str, count: int):
 def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
                               devices=devices)
-    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = config.per_device_batch_size * batch_devices
-    if config.global_batch_size % micro:
-        raise ValueError(f"global batch {config.global_batch_size} is not a multiple of "
-                         f"{config.per_device_batch_size} x {batch_devices} data-parallel devices")
-    accum = config.global_batch_size // micro
-    schedule = optim.lr_schedule(config.optim.lr, 1000, config.optim.warmup_ratio)
-    o = config.optim
-    optimizer = optim.make_optimizer(schedule, o.b1, o.b2, o.eps, o.weight_decay,
-                                     o.grad_clip_norm or None)
-    abstract = abstract_params(llava.param_specs(cfg))
-    abs_train, abs_frozen = optim.split_trainable(abstract, config.trainable_modules,
-                                                  config.tune_vit_from_layer)
-    state_sh = step_lib.state_shardings(cfg, optimizer, abs_train, mesh)
-    frozen_sh = step_lib.param_shardings_for(cfg, abs_frozen, mesh)
-    abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abs_train,
-                 "opt_state": jax.eval_shape(optimizer.init, abs_train),
-                 "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
-    length, size = config.data.max_length, cfg.vision.image_size
-    batch = {"input_ids": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
-             "attention_mask": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
-             "labels": jax.ShapeDtypeStruct((accum, micro, length), jnp.int32),
-             "pixel_values": jax.ShapeDtypeStruct((accum, micro, size, size, 3), jnp.float32)}
-    batch_sh = step_lib.batch_shardings(mesh, batch, accumulated=True)
-    step_fn = step_lib.make_train_step(cfg, optimizer, schedule,
-                                       setup.DTYPES[config.compute_dtype], config.remat,
-                                       config.freeze_pad_row)
-    jitted = step_lib.jit_train_step(step_fn, state_sh, frozen_sh, batch_sh)
+    layout = build_layout(config, cfg, mesh, total_steps=1000)
+    abs_state, abs_frozen = layout.abstract_state, layout.abstract_frozen
+    abs_train = abs_state["params"]
     with jax.set_mesh(mesh):
-        lowered = jitted.lower(abs_state, abs_frozen, batch)
+        lowered = layout.train_step.lower(abs_state, abs_frozen, layout.abstract_batch())
         try:
             compiled = lowered.compile()
         except jax.errors.JaxRuntimeError as e:
@@ -158,8 +111,9 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
                              str(e)) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
+    state_sh = layout.state_shardings
     param_bytes = (per_device_bytes(abs_train, state_sh["params"])
-                   + per_device_bytes(abs_frozen, frozen_sh))
+                   + per_device_bytes(abs_frozen, layout.frozen_shardings))
     opt_bytes = per_device_bytes(abs_state["opt_state"], state_sh["opt_state"])
     grad_bytes = per_device_bytes(abs_train, state_sh["params"])
     temp = int(getattr(mem, "temp_size_in_bytes", 0))
@@ -168,22 +122,22 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
     total = args + temp
     n_train = count_params(abs_train)
     n_frozen = count_params(abs_frozen)
-    tokens = config.global_batch_size * length
+    tokens = config.global_batch_size * layout.length
     result = Plan(
-        devices=mesh.size, mesh=dict(mesh.shape), accum_steps=accum, micro_batch=micro,
+        devices=mesh.size, mesh=dict(mesh.shape), accum_steps=layout.accum_steps,
+        micro_batch=layout.micro_batch,
         tokens_per_step=tokens, params=n_train + n_frozen, trainable_params=n_train,
         param_bytes=param_bytes, opt_bytes=opt_bytes, grad_bytes=grad_bytes, temp_bytes=temp,
-        total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)) * accum,
+        total_bytes=total, compiled_flops=float(cost.get("flops", math.nan)) * layout.accum_steps,
         compiled_for_tpu=mesh.devices.flat[0].platform == "tpu",
-        analytic_flops=analytic_flops(cfg, n_train, n_frozen, tokens, config.global_batch_size))
+        analytic_flops=layout.model_flops_per_step())
     return result, compiled
 
 
 def report(p: Plan, chip: str, mfu: float) -> str:
     gb = 1e9
-    peak, hbm = CHIPS[chip]
-    step_flops = p.compiled_flops * p.devices
-    seconds = step_flops / (peak * mfu * p.devices)
+    peak, hbm = CHIPS[chip].peak_flops, CHIPS[chip].memory_bytes
+    seconds = p.analytic_flops / (peak * mfu * p.devices)
     lines = [
         f"mesh {p.mesh} = {p.devices} devices; {p.accum_steps} micro-batch(es) of {p.micro_batch}"
         f" samples; {p.tokens_per_step:,} tokens/step",
@@ -193,8 +147,9 @@ def report(p: Plan, chip: str, mfu: float) -> str:
         f"  optimizer state (Adam mu, nu):       {p.opt_bytes / gb:8.2f} GB",
         f"  gradients (inside temporaries):      {p.grad_bytes / gb:8.2f} GB",
         f"  temporaries (activations, gathers):  {p.temp_bytes / gb:8.2f} GB",
-        f"FLOPs/step: compiled {step_flops:.3e} (all devices) vs analytic 6·N·tokens "
-        f"{p.analytic_flops:.3e} (ratio {step_flops / p.analytic_flops:.2f})",
+        f"FLOPs/step (all devices): model {p.analytic_flops:.3e} (6·N·tokens for trained "
+        f"weights, 2·N·tokens for frozen ones); XLA's cost analysis counts each scanned loop "
+        f"body once: {p.compiled_flops * p.devices:.3e}",
         f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
         f"({p.tokens_per_step / seconds:,.0f} tokens/s)",
         (f"fits {chip}: yes (XLA's TPU compiler accepted the program; it refuses one that "

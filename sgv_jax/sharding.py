@@ -2,8 +2,9 @@
 
 Parameters and activations name *logical* axes; one strict table maps each name to a mesh axis of
 the (`data`, `fsdp`, `tensor`) mesh. Unknown names are errors, not silent pass-throughs. A
-dimension that a mesh axis does not divide is replicated instead (tiny test models), which
-`param_shardings` reports so tests can assert the real presets shard fully.
+parameter dimension that its mesh axis does not divide is refused, naming the parameter, the
+dimension and the axis (choose another mesh); activation constraints replicate such a dimension
+instead (a batch of 1 on a data-parallel mesh is legitimate).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 # Weight axes.
 PARAM_RULES: dict[str, Any] = {
+    "layers": None,  # the stacking axis of scanned layers: every device holds its share of each
     "vocab": "tensor",
     "embed": "fsdp",
     "mlp": "tensor",
@@ -67,8 +69,9 @@ def _mesh_axis_size(mesh, axis) -> int:
 
 
 def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None = None,
-                    mesh=None) -> P:
-    """PartitionSpec for logical names; dims a mesh axis does not divide stay replicated."""
+                    mesh=None, strict_name: str | None = None) -> P:
+    """PartitionSpec for logical names. A dim its mesh axis does not divide is refused when
+    `strict_name` names the array (a parameter), else replicated (activations)."""
     out = []
     for i, name in enumerate(logical):
         if name is None:
@@ -78,7 +81,12 @@ def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None =
             raise KeyError(f"logical axis {name!r} has no sharding rule; known: {sorted(RULES)}")
         axis = RULES[name]
         if axis is not None and shape is not None and mesh is not None:
-            if shape[i] % _mesh_axis_size(mesh, axis):
+            size = _mesh_axis_size(mesh, axis)
+            if shape[i] % size:
+                if strict_name is not None:
+                    raise ValueError(
+                        f"{strict_name}: dimension {i} ({name}, size {shape[i]}) is not divisible "
+                        f"by mesh axis {axis}={size}; choose a mesh whose {axis} size divides it")
                 axis = None
         out.append(axis)
     return P(*out)
@@ -97,27 +105,28 @@ def _is_axes(x) -> bool:
 
 
 def tree_shardings(axes_tree: Any, abstract_tree: Any, mesh: Mesh) -> Any:
-    """NamedShardings for a tree, from its logical-axes tree and shapes."""
-    return jax.tree.map(
-        lambda axes, leaf: NamedSharding(mesh, logical_to_spec(axes, leaf.shape, mesh)),
+    """NamedShardings for a parameter tree, from its logical-axes tree and shapes; refuses a
+    dimension the mesh cannot divide, naming the parameter."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, axes, leaf: NamedSharding(mesh, logical_to_spec(
+            axes, leaf.shape, mesh, strict_name=jax.tree_util.keystr(path, simple=True, separator="/"))),
         axes_tree, abstract_tree, is_leaf=_is_axes)
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Batch arrays: leading dim over (data, fsdp), the rest replicated."""
-    return NamedSharding(mesh, P(ACTIVATION_RULES["act_batch"], *([None] * (ndim - 1))))
+def check_whole_heads(head_counts: dict[str, int], mesh: Mesh) -> None:
+    """Tensor parallelism splits whole attention heads: a head count the `tensor` axis does not
+    divide is refused (its projection width may still divide, e.g. 40 x 128 on 16 devices)."""
+    tensor = mesh.shape["tensor"]
+    for name, count in head_counts.items():
+        if count % tensor:
+            raise ValueError(f"{name} = {count} is not divisible by mesh axis tensor={tensor}: "
+                             "tensor parallelism splits whole heads; choose a tensor size that "
+                             f"divides {count}")
 
 
-def unsharded_dims(axes_tree: Any, abstract_tree: Any, mesh: Mesh) -> list[str]:
-    """'path: dim i (name→axis) size n' for every dim the rules shard but the mesh cannot."""
-    from sgv_jax.models.params import path_str
-
-    problems = []
-    flat_axes = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=_is_axes)[0]
-    flat_abs = jax.tree.leaves(abstract_tree)
-    for (path, axes), leaf in zip(flat_axes, flat_abs):
-        for i, name in enumerate(axes):
-            axis = RULES.get(name) if name else None
-            if axis is not None and leaf.shape[i] % _mesh_axis_size(mesh, axis):
-                problems.append(f"{path_str(path)}: dim {i} ({name}→{axis}) size {leaf.shape[i]}")
-    return problems
+def batch_sharding(mesh: Mesh, ndim: int, accumulated: bool = False) -> NamedSharding:
+    """Batch arrays: the sample dim over (data, fsdp), the rest replicated; with
+    `accumulated` a leading micro-batch axis [A, B, ...] stays whole."""
+    lead = (None,) if accumulated else ()
+    rest = [None] * (ndim - len(lead) - 1)
+    return NamedSharding(mesh, P(*lead, ACTIVATION_RULES["act_batch"], *rest))

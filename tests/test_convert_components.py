@@ -49,10 +49,10 @@ def test_vision_llm_and_projector_equal_their_sources(sources, tmp_path):
     assert np.array_equal(vt["embeddings"]["patch_embedding"]["kernel"],
                           v_state["embeddings.patch_embedding.weight"]
                           .numpy().transpose(2, 3, 1, 0))
-    assert np.array_equal(vt["layers"]["2"]["self_attn"]["k_proj"]["bias"],
+    assert np.array_equal(vt["layers"]["self_attn"]["k_proj"]["bias"][2],
                           v_state["encoder.layers.2.self_attn.k_proj.bias"].numpy())
     assert np.array_equal(lm["embed_tokens"]["embedding"], l_state["model.embed_tokens.weight"])
-    assert np.array_equal(lm["layers"]["1"]["mlp"]["down_proj"]["kernel"],
+    assert np.array_equal(lm["layers"]["mlp"]["down_proj"]["kernel"][1],
                           l_state["model.layers.1.mlp.down_proj.weight"].numpy().T)
     assert np.array_equal(lm["lm_head"]["kernel"], l_state["lm_head.weight"].numpy().T)
     for k, theirs in (("linear_1", "0"), ("linear_2", "2")):

@@ -5,8 +5,7 @@ import pytest
 
 from sgv_jax.convert import formats
 from sgv_jax.models.config import get_preset
-from sgv_jax.models.llava import param_specs
-from sgv_jax.models.params import flatten, is_spec
+from sgv_jax.models.storage import group_of, storage_shapes
 
 CFG = get_preset("tiny")
 
@@ -78,7 +77,7 @@ def test_projector_file_with_two_prefixes_is_rejected():
 
 
 def test_every_table_covers_its_parameters_exactly_once():
-    ours = set(flatten(param_specs(CFG), is_leaf=is_spec))
+    ours = set(storage_shapes(CFG))
     for layouts in ([formats.LLAVA_HF_OLD], [formats.ORIGINAL_LLAVA],
                     [formats.ORIGINAL_LLAVA_NO_VISION, formats.CLIP_DIR],
                     [formats.CLIP_DIR_FLAT, formats.LLAMA_DIR, formats.MM_PROJECTOR]):
@@ -87,20 +86,20 @@ def test_every_table_covers_its_parameters_exactly_once():
 
 
 def test_theirs_shape_matches_the_transform():
-    specs = flatten(param_specs(CFG), is_leaf=is_spec)
+    shapes = storage_shapes(CFG)
     for key, (path, tf) in formats.key_table(CFG, formats.LLAVA_HF_OLD).items():
-        shape = specs[path].shape
+        shape = shapes[path]
         assert tf.theirs_shape(shape) == tf.to_theirs(np.zeros(shape)).shape, key
         assert tf.to_ours(tf.to_theirs(np.zeros(shape))).shape == shape, key
 
 
 def test_groups_are_blocks_or_modules():
-    assert formats.group_of("language_model/layers/17/mlp/up_proj/kernel") == \
+    assert group_of("language_model/layers/17/mlp/up_proj/kernel") == \
         "language_model.layers.17"
-    assert formats.group_of("vision_tower/layers/3/layer_norm1/bias") == "vision_tower.layers.3"
-    assert formats.group_of("language_model/embed_tokens/embedding") == \
+    assert group_of("vision_tower/layers/3/layer_norm1/bias") == "vision_tower.layers.3"
+    assert group_of("language_model/embed_tokens/embedding") == \
         "language_model.embed_tokens"
-    assert formats.group_of("projector/linear_1/kernel") == "projector.linear_1"
+    assert group_of("projector/linear_1/kernel") == "projector.linear_1"
 
 
 def test_layer_count_from_keys():

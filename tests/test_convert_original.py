@@ -110,7 +110,7 @@ def test_frozen_tower_copy_in_the_llm_is_ignored_when_the_tower_dir_is_given(tmp
                             progress=False)
     _, params = load_sgv(ckpt)
     hf = model.state_dict()["model.vision_tower.encoder.layers.0.mlp.fc1.weight"].numpy()
-    assert np.array_equal(np.asarray(params["vision_tower"]["layers"]["0"]["mlp"]["fc1"]["kernel"]),
+    assert np.array_equal(np.asarray(params["vision_tower"]["layers"]["mlp"]["fc1"]["kernel"][0]),
                           hf.T)
 
 

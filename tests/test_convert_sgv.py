@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sgv_jax.checkpoint_sgv import iter_sgv_groups, load_sgv, read_sgv_config, save_sgv
-from sgv_jax.convert.formats import group_of
-from sgv_jax.convert.state_dict import ConversionError
+from sgv_jax.checkpoint_sgv import (
+    CheckpointError,
+    iter_sgv_groups,
+    load_sgv,
+    read_sgv_config,
+    save_sgv,
+)
 from sgv_jax.models import llava
 from sgv_jax.models.config import get_preset
-from sgv_jax.models.params import flatten, unflatten
+from sgv_jax.models.storage import flatten, group_of, unflatten, unstack
 
 CFG = get_preset("tiny_even")
 
@@ -25,11 +29,13 @@ def params():
 
 
 def row_sharded(tree, mesh):
-    """Shard every leaf's first axis over all devices when it divides, else replicate."""
+    """Shard every leaf's last axis over all devices when it divides, else replicate (the
+    stacked layers axis in front stays whole, as the model's rules keep it)."""
     n = mesh.size
 
     def spec(x):
-        return NamedSharding(mesh, PartitionSpec("x") if x.shape[0] % n == 0 else PartitionSpec())
+        split = PartitionSpec(*([None] * (x.ndim - 1)), "x")
+        return NamedSharding(mesh, split if x.shape[-1] % n == 0 else PartitionSpec())
 
     return jax.tree.map(spec, tree)
 
@@ -41,10 +47,11 @@ def test_sharded_tree_saves_and_restores_into_the_requested_shardings(params, tm
     path = save_sgv(str(tmp_path / "ckpt"), CFG, sharded, extra={"note": "test"})
     cfg, restored = load_sgv(path, shardings=shardings)
     assert cfg == CFG
-    for (p, a), b, s in zip(flatten(params).items(), jax.tree.leaves(restored),
-                            jax.tree.leaves(shardings)):
-        assert b.sharding == s, p
-        assert np.array_equal(np.asarray(a), np.asarray(b)), p
+    flat_restored, flat_shardings = flatten(restored), flatten(shardings)
+    assert flat_restored.keys() == flatten(params).keys()
+    for p, a in flatten(params).items():
+        assert flat_restored[p].sharding == flat_shardings[p], p
+        assert np.array_equal(np.asarray(a), np.asarray(flat_restored[p])), p
     meta = read_sgv_config(path)
     assert meta["note"] == "test" and meta["dtype"] == "float32"
     assert "language_model.layers.1" in meta["groups"]
@@ -59,7 +66,7 @@ def test_dtype_on_save_and_on_load(params, tmp_path):
 
 
 def test_streamed_groups_round_trip(params, tmp_path):
-    flat = {p: np.asarray(v) for p, v in flatten(params).items()}
+    flat = {p: np.asarray(v) for p, v in unstack(params).items()}  # per-block storage paths
     groups = {}
     for p, v in flat.items():
         groups.setdefault(group_of(p), {})[p] = v
@@ -73,7 +80,7 @@ def test_missing_parameter_is_named_and_nothing_valid_is_left(params, tmp_path):
     flat = flatten(params)
     del flat["language_model/norm/scale"]
     dst = str(tmp_path / "ckpt")
-    with pytest.raises(ConversionError, match="language_model/norm/scale"):
+    with pytest.raises(CheckpointError, match="language_model/norm/scale"):
         save_sgv(dst, CFG, unflatten(flat))
     assert not os.path.exists(dst)
     with pytest.raises(FileNotFoundError, match="unfinished conversion"):
@@ -83,7 +90,7 @@ def test_missing_parameter_is_named_and_nothing_valid_is_left(params, tmp_path):
 def test_wrong_shape_is_named_with_expected_and_found(params, tmp_path):
     flat = flatten(params)
     flat["projector/linear_1/bias"] = jnp.zeros(3)
-    with pytest.raises(ConversionError, match=r"projector/linear_1/bias: expected shape \(48,\), "
+    with pytest.raises(CheckpointError, match=r"projector/linear_1/bias: expected shape \(48,\), "
                                               r"found \(3,\)"):
         save_sgv(str(tmp_path / "ckpt"), CFG, unflatten(flat))
 

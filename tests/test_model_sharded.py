@@ -8,7 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgv_jax import sharding
 from sgv_jax.models import get_preset, llava
-from sgv_jax.models.params import abstract_params, flatten, logical_axes
+from sgv_jax.models.storage import flatten
 
 
 def demo_batch(cfg, batch=4, text=6, seed=0):
@@ -30,19 +30,17 @@ def test_eight_device_mesh_matches_one_device_and_shards_every_param(highest_pre
     assert len(jax.devices()) == 8
     cfg = get_preset("tiny_even")
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-    specs = llava.param_specs(cfg)
-    axes = logical_axes(specs)
     params = llava.init(cfg, jax.random.key(0), mesh)
 
-    # Every parameter carries the sharding its logical names ask for, and tiny_even's sizes are
-    # chosen so no rule falls back to replication.
-    assert sharding.unsharded_dims(axes, abstract_params(specs), mesh) == []
-    flat_params, flat_axes = flatten(params), flatten(axes, is_leaf=lambda x: isinstance(x, tuple))
+    # Every parameter carries the sharding its logical names ask for (tiny_even's sizes divide
+    # the mesh; a size that does not is refused, never silently replicated).
+    flat_params, flat_axes = flatten(params), flatten(llava.param_axes(cfg))
     for path, value in flat_params.items():
         want = P(*[sharding.RULES[a] if a else None for a in flat_axes[path]])
         assert value.sharding == NamedSharding(mesh, want), path
-    kernel = flat_params["language_model/layers/0/mlp/up_proj/kernel"]
-    assert kernel.addressable_shards[0].data.shape == (cfg.text.hidden_size // 2,
+    kernel = flat_params["language_model/layers/mlp/up_proj/kernel"]
+    assert kernel.addressable_shards[0].data.shape == (cfg.text.num_layers,
+                                                       cfg.text.hidden_size // 2,
                                                        cfg.text.intermediate_size // 2)
 
     batch = demo_batch(cfg)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sgv_jax.checkpoint_sgv import load_sgv
-from sgv_jax.models.params import flatten
+from sgv_jax.models.storage import flatten
 from sgv_jax.train.loop import NonFiniteLoss, train
 from sgv_jax.train.metrics import read_metrics
 from tests.train_helpers import load_config
@@ -66,26 +66,33 @@ def test_frozen_params_never_change_and_trainable_ones_do(runs):
     emb_b, emb_a = (np.asarray(x["language_model/embed_tokens/embedding"]) for x in (before, after))
     np.testing.assert_array_equal(emb_b[0], emb_a[0])
     assert not np.array_equal(emb_b[1:], emb_a[1:])
+    # The frozen half is written once per run, not into every step checkpoint.
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert os.path.isdir(os.path.join(checkpoints, "frozen"))
+    steps = [d for d in os.listdir(checkpoints) if d.isdigit()]
+    assert steps and all(os.listdir(os.path.join(checkpoints, d)) == ["state"] or
+                         "frozen" not in os.listdir(os.path.join(checkpoints, d)) for d in steps)
 
 
 def test_optimizer_state_only_covers_trainable_params():
     import optax
 
-    from sgv_jax.models import get_preset, llava
-    from sgv_jax.models.params import abstract_params
-    from sgv_jax.train import optim
+    from sgv_jax import sharding
+    from sgv_jax.models import get_preset
+    from sgv_jax.train.layout import build_layout
 
     config = load_config("llava15_pretrain")
-    abstract = abstract_params(llava.param_specs(get_preset(config.model)))
-    train_tree, _ = optim.split_trainable(abstract, config.trainable_modules,
-                                          config.tune_vit_from_layer)
-    opt = optim.make_optimizer(optim.lr_schedule(1e-3, 10, 0.03), 0.9, 0.999, 1e-8, 0.0, None)
-    state = jax.eval_shape(opt.init, train_tree)
-    moments = optax.tree_map_params(opt, lambda p: p, state,
+    layout = build_layout(config, get_preset(config.model), sharding.make_mesh(), 10)
+    train_tree = layout.abstract_state["params"]
+    assert set(train_tree) == {"projector"}
+    moments = optax.tree_map_params(layout.optimizer, lambda p: p,
+                                    layout.abstract_state["opt_state"],
                                     transform_non_params=lambda _: None)
     param_leaves = sum(x.size for x in jax.tree.leaves(train_tree))
     moment_leaves = sum(x.size for x in jax.tree.leaves(moments))
     assert moment_leaves == 2 * param_leaves  # Adam mu and nu, projector only
+    frozen = layout.abstract_frozen
+    assert {"vision_tower", "language_model"} == set(frozen)
 
 
 @pytest.mark.slow

@@ -6,18 +6,39 @@ import jax
 import pytest
 
 from sgv_jax.models import get_preset, llava
-from sgv_jax.models.params import abstract_params, flatten
+from sgv_jax.models.storage import flatten, storage_shapes
 from sgv_jax.train import optim
 from tests.train_helpers import load_config
 
 
+def trainable_set(config):
+    return optim.TrainableSet(tuple(config.trainable_modules), config.tune_vit_from_layer)
+
+
 def trainable_paths(config_name, variant=""):
+    """Per-block paths of the trainable and frozen halves (a split CLIP stack: blocks < k in
+    the frozen half, >= k in the trainable one, renumbered from the boundary)."""
     config = load_config(config_name, variant)
-    abstract = abstract_params(llava.param_specs(get_preset(config.model)))
-    train, frozen = optim.split_trainable(abstract, config.trainable_modules,
-                                          config.tune_vit_from_layer)
-    t, f = set(flatten(train)), set(flatten(frozen))
-    assert t.isdisjoint(f) and t | f == set(flatten(abstract))
+    cfg = get_preset(config.model)
+    train, frozen = optim.split_trainable(llava.abstract_params(cfg), trainable_set(config))
+    merged = optim.merge(train, frozen) if not trainable_set(config).splits_vit else None
+    k = trainable_set(config).vit_boundary(cfg.vision.num_layers)
+
+    def per_block(tree, offset):
+        paths = set()
+        for path, leaf in flatten(tree).items():
+            module, sub, rest = path.split("/", 2)
+            if sub != "layers":
+                paths.add(path)
+                continue
+            start = offset if module == "vision_tower" else 0
+            paths |= {f"{module}/layers/{start + i}/{rest}" for i in range(leaf.shape[0])}
+        return paths
+
+    t, f = per_block(train, k), per_block(frozen, 0)
+    assert t.isdisjoint(f) and t | f == set(storage_shapes(cfg))
+    if merged is not None:
+        assert set(flatten(merged)) == set(flatten(llava.abstract_params(cfg)))
     return t, f
 
 
@@ -43,8 +64,8 @@ def test_sharegpt4v_stage1_trains_vit_blocks_from_12_projector_and_llm():
 
 def test_sharegpt4v_stage1_trainable_vit_part_matches_reference_count():
     config = load_config("pretrain", "")
-    abstract = abstract_params(llava.param_specs(get_preset(config.model)))
-    train, _ = optim.split_trainable(abstract, config.trainable_modules, config.tune_vit_from_layer)
+    abstract = llava.abstract_params(get_preset(config.model))
+    train, _ = optim.split_trainable(abstract, trainable_set(config))
     n = sum(x.size for x in jax.tree.leaves(train["vision_tower"]))
     assert n == 151_154_688  # REFERENCE §1.5
 
@@ -69,7 +90,19 @@ def test_llava15_stage2_trains_projector_and_llm():
 
 def test_unknown_module_is_rejected():
     with pytest.raises(ValueError, match="unknown"):
-        optim.split_trainable({"a": 1}, ("vision",), -1)
+        optim.TrainableSet(("vision",), -1)
+
+
+def test_split_stack_merges_back_to_the_full_tower():
+    cfg = get_preset("tiny")
+    params = llava.init(cfg, jax.random.key(0))
+    train, frozen = optim.split_trainable(params, optim.TrainableSet(("projector",), 1))
+    fc1 = params["vision_tower"]["layers"]["mlp"]["fc1"]["kernel"]
+    assert frozen["vision_tower"]["layers"]["mlp"]["fc1"]["kernel"].shape[0] == 1
+    assert train["vision_tower"]["layers"]["mlp"]["fc1"]["kernel"].shape[0] == fc1.shape[0] - 1
+    merged = optim.merge(train, frozen)
+    for path, value in flatten(params).items():
+        assert (flatten(merged)[path] == value).all(), path
 
 
 def test_schedule_matches_hf_cosine_with_warmup():

@@ -160,15 +160,6 @@ def key_table(cfg: VLMConfig, layout: Layout) -> dict[str, tuple[str, Transform]
 IGNORED_KEYS = re.compile(r"(\.rotary_emb\.inv_freq|embeddings\.position_ids)$")
 
 
-def group_of(path: str) -> str:
-    """The sgv storage group of a parameter path: one transformer block or one module.
-
-    'language_model/layers/17/mlp/up_proj/kernel' → 'language_model.layers.17';
-    'projector/linear_1/kernel' → 'projector.linear_1'."""
-    parts = path.split("/")
-    return ".".join(parts[:3] if len(parts) > 2 and parts[1] == "layers" else parts[:2])
-
-
 def count_layers(keys, prefix: str) -> int:
     """1 + the largest N among keys '{prefix}N.…' (0 when there are none)."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")

@@ -11,8 +11,8 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
 import numpy as np
+from flax import nnx
 
 from sgv_jax.checkpoint_sgv import save_sgv
 from sgv_jax.convert import formats
@@ -26,9 +26,9 @@ from sgv_jax.convert.hf_config import (
 from sgv_jax.convert.sources import WeightFiles, read_json
 from sgv_jax.convert.state_dict import ConversionError
 from sgv_jax.convert.streaming import Part, check_parts, stream_groups
-from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import flatten, init_params
+from sgv_jax.models.projector import Projector
+from sgv_jax.models.storage import flatten, storage_shapes
 
 # Tokenizer and processor files worth carrying along (HF names).
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
@@ -164,8 +164,10 @@ def read_components(clip: str, llm: str, projector: str | None = None, seed: int
         parts.append(Part(proj_files, formats.key_table(cfg, projector_layout),
                           f"{projector} ({projector_layout.name})"))
     else:
-        specs = {"projector": llava.param_specs(cfg)["projector"]}
-        params = init_params(specs, jax.random.PRNGKey(seed))
+        with nnx.use_eager_sharding(False):
+            fresh_projector = Projector(cfg.projector_type, cfg.vision.hidden_size,
+                                        cfg.text.hidden_size, cfg.projector_bias, nnx.Rngs(seed))
+        params = {"projector": nnx.to_pure_dict(nnx.state(fresh_projector))}
         fresh = {p: np.asarray(v) for p, v in flatten(params).items()}
     extra = {"source": {"format": "components", "clip": os.path.abspath(clip),
                         "llm": os.path.abspath(llm),
@@ -176,8 +178,8 @@ def read_components(clip: str, llm: str, projector: str | None = None, seed: int
 
 def to_sgv(source: Source, dst: str, dtype=None, progress: bool = True) -> str:
     """Check everything, then stream the source into an sgv checkpoint at `dst`."""
-    specs = llava.param_specs(source.cfg)
-    check_parts(source.parts, specs, source.fresh)
-    groups = stream_groups(source.parts, specs, dtype, source.fresh, progress)
+    expected = storage_shapes(source.cfg)
+    check_parts(source.parts, expected, source.fresh)
+    groups = stream_groups(source.parts, expected, dtype, source.fresh, progress)
     return save_sgv(dst, source.cfg, groups, tokenizer_dir=source.tokenizer_files,
                     extra=source.extra)

@@ -12,7 +12,7 @@ from sgv_jax.convert import formats
 from sgv_jax.convert.hf_config import vlm_from_llava_hf
 from sgv_jax.convert.state_dict import params_from_state_dict, state_dict_from_params
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.llava import param_specs
+from sgv_jax.models.storage import storage_shapes
 
 
 def from_llava_hf_state_dict(state: Mapping[str, Any], hf_config: dict[str, Any],
@@ -21,7 +21,7 @@ def from_llava_hf_state_dict(state: Mapping[str, Any], hf_config: dict[str, Any]
     cfg = vlm_from_llava_hf(hf_config)
     layout = formats.detect_llava_hf_layout(state.keys())
     table = formats.key_table(cfg, layout)
-    return cfg, params_from_state_dict(state, table, param_specs(cfg), f"{source} ({layout.name})")
+    return cfg, params_from_state_dict(state, table, storage_shapes(cfg), f"{source} ({layout.name})")
 
 
 def to_llava_hf_state_dict(params: dict, cfg: VLMConfig,

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from sgv_jax.checkpoint_sgv import CheckpointError
 from sgv_jax.convert.formats import IGNORED_KEYS, Transform
-from sgv_jax.models.params import flatten, is_spec, unflatten
+from sgv_jax.models.storage import stack, unstack
 
 
-class ConversionError(ValueError):
+class ConversionError(CheckpointError):
     """Missing, unexpected or mis-shaped tensors; the message lists them all by name."""
 
 
@@ -45,14 +46,14 @@ def check_keys(table: Mapping[str, tuple[str, Transform]], keys, source: str) ->
 
 
 def params_from_state_dict(state: Mapping[str, Any], table: Mapping[str, tuple[str, Transform]],
-                           specs: dict, source: str = "state dict") -> dict:
-    """Our parameter tree from their tensors: checks names, transforms, checks shapes."""
+                           expected: dict[str, tuple], source: str = "state dict") -> dict:
+    """Our (stacked) parameter tree from their tensors: checks names, transforms, checks
+    shapes. `expected`: {per-block path: shape} (`storage.storage_shapes`)."""
     check_keys(table, state.keys(), source)
-    expected = flatten(specs, is_leaf=is_spec)
     flat, bad_shapes = {}, []
     for key, (path, tf) in table.items():
         value = tf.to_ours(to_numpy(state[key]))
-        want = expected[path].shape
+        want = expected[path]
         if tuple(value.shape) != tuple(want):
             bad_shapes.append(f"{key} → {path}: expected {tuple(want)} (ours), found "
                               f"{tuple(value.shape)} after '{tf.name}'")
@@ -63,11 +64,11 @@ def params_from_state_dict(state: Mapping[str, Any], table: Mapping[str, tuple[s
     unfilled = sorted(set(expected) - set(flat))
     if unfilled:
         raise ConversionError(f"{source}: parameters not filled: {', '.join(unfilled)}")
-    return unflatten(flat)
+    return stack(flat)
 
 
 def state_dict_from_params(params: dict, table: Mapping[str, tuple[str, Transform]]
                            ) -> dict[str, np.ndarray]:
     """Their tensors from our parameters (the same table read backwards)."""
-    flat = flatten(params)
+    flat = unstack(params)
     return {key: tf.to_theirs(np.asarray(flat[path])) for key, (path, tf) in table.items()}

@@ -15,10 +15,10 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from sgv_jax.convert.formats import Transform, group_of
+from sgv_jax.convert.formats import Transform
 from sgv_jax.convert.sources import WeightFiles
 from sgv_jax.convert.state_dict import ConversionError, check_keys
-from sgv_jax.models.params import flatten, is_spec
+from sgv_jax.models.storage import group_of
 
 
 @dataclasses.dataclass
@@ -34,9 +34,8 @@ class Part:
         return [k for k in self.files.key_file if not self.skip(k)]
 
 
-def check_parts(parts: list[Part], specs: dict, fresh: dict[str, Any] | None = None) -> None:
+def check_parts(parts: list[Part], expected: dict[str, tuple], fresh: dict[str, Any] | None = None) -> None:
     """Names, shapes and coverage: every parameter comes from exactly one place."""
-    expected = flatten(specs, is_leaf=is_spec)
     owner: dict[str, str] = {p: "freshly initialised" for p in fresh or {}}
     for part in parts:
         check_keys(part.table, part.used_keys(), part.label)
@@ -47,7 +46,7 @@ def check_parts(parts: list[Part], specs: dict, fresh: dict[str, Any] | None = N
             if path in owner:
                 raise ConversionError(f"{path} comes from both {owner[path]} and {part.label}")
             owner[path] = part.label
-            want = tf.theirs_shape(tuple(expected[path].shape))
+            want = tf.theirs_shape(tuple(expected[path]))
             found = part.files.shapes[key]
             if tuple(found) != tuple(want):
                 bad.append(f"{key}: expected {want}, found {tuple(found)} "
@@ -60,12 +59,12 @@ def check_parts(parts: list[Part], specs: dict, fresh: dict[str, Any] | None = N
         raise ConversionError(f"no source provides ({len(unfilled)}): " + ", ".join(unfilled[:20]))
 
 
-def stream_groups(parts: list[Part], specs: dict, dtype=None,
+def stream_groups(parts: list[Part], expected: dict[str, tuple], dtype=None,
                   fresh: dict[str, np.ndarray] | None = None, progress: bool = True
                   ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
     """(group, {param path: array}) as groups complete; call `check_parts` first."""
     members: dict[str, int] = {}
-    for path in flatten(specs, is_leaf=is_spec):
+    for path in expected:
         members[group_of(path)] = members.get(group_of(path), 0) + 1
     pending: dict[str, dict[str, np.ndarray]] = {}
 

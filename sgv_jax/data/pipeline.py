@@ -30,7 +30,9 @@ from sgv_jax.data.records import RecordFile
 from sgv_jax.data.validate import BadRecord
 
 logger = logging.getLogger(__name__)
-BATCH_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values", "has_image")
+# What the train step consumes, and what a batch carries besides (for reports).
+MODEL_KEYS = ("input_ids", "labels", "attention_mask", "pixel_values")
+BATCH_KEYS = (*MODEL_KEYS, "has_image")
 
 
 class ExampleMaker:

@@ -60,9 +60,8 @@ def _is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 def _constrain_cache(cache: dict) -> dict:
     # Decode batches are split over the data-parallel mesh axes like activations.
-    layers = {i: {n: constrain(kv, ("act_batch", "act_seq", None, None)) for n, kv in layer.items()}
-              for i, layer in cache["layers"].items()}
-    return {**cache, "layers": layers, "mask": constrain(cache["mask"], ("act_batch", "act_seq"))}
+    return {**cache, "k": constrain(cache["k"], llama.KV_ACT), "v": constrain(cache["v"], llama.KV_ACT),
+            "mask": constrain(cache["mask"], ("act_batch", "act_seq"))}
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -73,13 +72,14 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
     pixel_values [B, H, W, 3]. `params` are expected already in the compute dtype."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     b, length = ids.shape
-    lm = params["language_model"]
-    embeds = llava.embed_inputs(params, cfg, batch, dtype)  # [B, L, D]
+    model = llava.from_params(cfg, params)
+    lm = model.language_model
+    embeds = model.embed_inputs(batch, dtype)  # [B, L, D]
     cache = _constrain_cache(llama.init_cache(cfg.text, b, length + max_new_tokens, dtype))
     positions = prompt_positions(mask)
-    hidden, cache = llama.decode(lm, cfg.text, embeds, positions, mask, cache)
+    hidden, cache = lm.decode(embeds, positions, mask, cache)
     # Left padding puts every row's last prompt token in the last column; only it is scored.
-    logits = llama.logits(lm, cfg.text, hidden[:, -1:])[:, 0]  # [B, V]
+    logits = lm.logits(hidden[:, -1:])[:, 0]  # [B, V]
     seen = prompt_token_mask(ids, mask, cfg) if sampling.uses_penalty else None
     key, sub = jax.random.split(key)
     token = choose_token(logits, seen, sampling, sub)
@@ -96,7 +96,7 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
     """One token per iteration until `state["step"] == min(stop_at, max_new_tokens)` or all
     rows are done. `finished` [B] bool marks rows the host stopped (stop strings). `state` is
     donated: the caller must use the returned one."""
-    lm, text = params["language_model"], cfg.text
+    lm = llava.from_params(cfg, params).language_model
     stop_at = jnp.minimum(stop_at, max_new_tokens)
     state = {**state, "done": state["done"] | finished}
 
@@ -105,10 +105,9 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
 
     def step(s: State) -> State:
         last = jax.lax.dynamic_index_in_dim(s["tokens"], s["step"] - 1, axis=1)  # [B, 1]
-        embeds = llama.embed_tokens(lm, last, dtype)
-        hidden, cache = llama.decode(lm, text, embeds, s["position"][:, None],
-                                     jnp.ones_like(last), s["cache"])
-        logits = llama.logits(lm, text, hidden)[:, 0]
+        embeds = lm.embed(last, dtype)
+        hidden, cache = lm.decode(embeds, s["position"][:, None], jnp.ones_like(last), s["cache"])
+        logits = lm.logits(hidden)[:, 0]
         key, sub = jax.random.split(s["key"])
         token = choose_token(logits, s["seen"], sampling, sub)
         token = jnp.where(s["done"], pad_id, token)

@@ -26,8 +26,8 @@ from sgv_jax.generation.decode import generate_tokens
 from sgv_jax.generation.sampling import GREEDY, SamplingConfig
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import abstract_params, cast_floating, logical_axes
-from sgv_jax.sharding import ACTIVATION_RULES, batch_sharding, make_mesh, tree_shardings
+from sgv_jax.models.llava import cast_floating
+from sgv_jax.sharding import ACTIVATION_RULES, batch_sharding, make_mesh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +53,7 @@ class Generator:
                     bucket: int = 32) -> Generator:
         params = cast_floating(params, dtype)  # once, not per decode step
         if mesh is not None:
-            specs = llava.param_specs(cfg)
-            params = jax.device_put(params, tree_shardings(logical_axes(specs), params, mesh))
+            params = jax.device_put(params, llava.param_shardings(cfg, mesh))
         processor = ImageProcessor(ImageConfig(size=cfg.vision.image_size, aspect=aspect))
         return cls(cfg, params, tokenizer, processor, dtype, mesh, bucket)
 
@@ -70,8 +69,8 @@ class Generator:
                                     "--tokenizer DIR (a folder with tokenizer.model)")
         shardings = None
         if mesh is not None:  # restore straight into the mesh layout, group by group
-            specs = llava.param_specs(VLMConfig.from_dict(read_sgv_config(path)["model"]))
-            shardings = tree_shardings(logical_axes(specs), abstract_params(specs, dtype), mesh)
+            cfg = VLMConfig.from_dict(read_sgv_config(path)["model"])
+            shardings = llava.param_shardings(cfg, mesh)
         cfg, params = load_sgv(path, shardings, jnp.dtype(dtype))
         return cls.from_params(cfg, params, load_tokenizer(tokenizer_path), dtype=dtype,
                                aspect=aspect, mesh=mesh, bucket=bucket)

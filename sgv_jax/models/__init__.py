@@ -1,21 +1,22 @@
-"""The model family: CLIP ViT + projector + LLaMA, composed as LLaVA / ShareGPT4V."""
+"""The model family: CLIP ViT + projector + LLaMA, composed as LLaVA / ShareGPT4V (Flax NNX)."""
 
 from sgv_jax.models.config import (
-           PRESETS,
-           TextConfig,
-           VisionConfig,
-           VLMConfig,
-           get_preset,
+    PRESETS,
+    TextConfig,
+    VisionConfig,
+    VLMConfig,
+    get_preset,
 )
-from sgv_jax.models.llava import forward, loss, param_specs
+from sgv_jax.models.llava import LlavaModel, build_model, forward, loss
 
 __all__ = [
-           "PRESETS",
-           "TextConfig",
-           "VLMConfig",
-           "VisionConfig",
-           "forward",
-           "get_preset",
-           "loss",
-           "param_specs",
+    "PRESETS",
+    "LlavaModel",
+    "TextConfig",
+    "VLMConfig",
+    "VisionConfig",
+    "build_model",
+    "forward",
+    "get_preset",
+    "loss",
 ]

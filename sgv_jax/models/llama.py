@@ -1,55 +1,23 @@
-"""LLaMA decoder (HF `LlamaModel` + `lm_head`, REFERENCE.md §1.4).
+"""LLaMA decoder (HF `LlamaModel` + `lm_head`, REFERENCE.md §1.4) as NNX modules.
 
 RMSNorm with eps from config, rotate-half RoPE (HF layout, so HF weights load without a q/k
-permutation), grouped-query attention, SwiGLU MLP, and an optional preallocated KV cache.
+permutation), grouped-query attention, SwiGLU MLP, the layers stacked on a `layers` axis and run
+with `lax.scan`, and an optional preallocated KV cache stacked the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from sgv_jax.models import nn
 from sgv_jax.models.config import TextConfig
-from sgv_jax.models.layers import attention, dense, rms_norm
-from sgv_jax.models.params import ParamSpec, dense_spec, norm_spec
+from sgv_jax.models.layers import attention
 from sgv_jax.sharding import constrain
 
 ACT = ("act_batch", "act_seq", "act_embed")
-
-
-def block_specs(cfg: TextConfig) -> dict:
-    d, f = cfg.hidden_size, cfg.intermediate_size
-    q_dim = cfg.num_heads * cfg.resolved_head_dim
-    kv_dim = cfg.num_kv_heads * cfg.resolved_head_dim
-    return {
-        "self_attn": {
-            "q_proj": dense_spec(d, q_dim, ("embed", "heads"), bias=False),
-            "k_proj": dense_spec(d, kv_dim, ("embed", "kv_heads"), bias=False),
-            "v_proj": dense_spec(d, kv_dim, ("embed", "kv_heads"), bias=False),
-            "o_proj": dense_spec(q_dim, d, ("heads", "embed"), bias=False),
-        },
-        "mlp": {
-            "gate_proj": dense_spec(d, f, ("embed", "mlp"), bias=False),
-            "up_proj": dense_spec(d, f, ("embed", "mlp"), bias=False),
-            "down_proj": dense_spec(f, d, ("mlp", "embed"), bias=False),
-        },
-        "input_layernorm": norm_spec(d, "norm", bias=False),
-        "post_attention_layernorm": norm_spec(d, "norm", bias=False),
-    }
-
-
-def param_specs(cfg: TextConfig) -> dict:
-    d, v = cfg.hidden_size, cfg.vocab_size
-    specs = {
-        "embed_tokens": {"embedding": ParamSpec((v, d), ("vocab", "embed"))},
-        "layers": {str(i): block_specs(cfg) for i in range(cfg.num_layers)},
-        "norm": norm_spec(d, "norm", bias=False),
-    }
-    if not cfg.tie_word_embeddings:
-        specs["lm_head"] = dense_spec(d, v, ("embed", "vocab"), bias=False)
-    return specs
+KV_ACT = (None, "act_batch", "act_seq", None, None)  # [L, B, S, K, H]
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -64,81 +32,150 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype) -> dict:
-    """Preallocated KV cache: fixed shapes so decoding compiles once."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
-    layers = {str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-              for i in range(cfg.num_layers)}
-    return {"layers": layers, "mask": jnp.zeros((batch, max_len), jnp.bool_),
-            "index": jnp.zeros((), jnp.int32)}
+    """Preallocated KV cache, stacked over layers like the weights: fixed shapes so decoding
+    compiles once. `index` is where the next tokens are written: a scalar (every row at the
+    same slot, prompts left-padded) or an int32 [B] (each row at its own slot)."""
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": jnp.zeros((), jnp.int32)}
 
 
-def decoder_block(p: dict, cfg: TextConfig, x: jax.Array, positions: jax.Array,
-                  mask: jax.Array, kv: dict | None, index: jax.Array | None):
-    """One pre-norm block. Returns (x, new kv or None)."""
-    b, t, _ = x.shape
-    n, k_heads, h = cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-    a = p["self_attn"]
-    y = rms_norm(x, p["input_layernorm"], cfg.rms_norm_eps)
-    q = rope(dense(y, a["q_proj"]).reshape(b, t, n, h), positions, cfg.rope_theta)
-    k = rope(dense(y, a["k_proj"]).reshape(b, t, k_heads, h), positions, cfg.rope_theta)
-    v = dense(y, a["v_proj"]).reshape(b, t, k_heads, h)
-    if kv is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(kv["k"], k.astype(kv["k"].dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(kv["v"], v.astype(kv["v"].dtype), index, axis=1)
-        kv = {"k": k, "v": v}
-    x = x + dense(attention(q, k.astype(q.dtype), v.astype(q.dtype), mask).reshape(b, t, n * h),
-                  a["o_proj"])
-    x = constrain(x, ACT)
-    y = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps)
-    m = p["mlp"]
-    y = dense(jax.nn.silu(dense(y, m["gate_proj"])) * dense(y, m["up_proj"]), m["down_proj"])
-    return constrain(x + y, ACT), kv
+def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array, layer=None) -> jax.Array:
+    """buffer[(layer,) b, index_b + t] = new[b, t] — one dynamic slice when `index` is shared,
+    a scatter when each row has its own."""
+    t = new.shape[1]
+    if layer is not None:
+        if index.ndim == 0:
+            return jax.lax.dynamic_update_slice(
+                buffer, new[None].astype(buffer.dtype), (layer, 0, index) + (0,) * (new.ndim - 2))
+        rows = jnp.arange(new.shape[0])[:, None]
+        return buffer.at[layer, rows, index[:, None] + jnp.arange(t)].set(new.astype(buffer.dtype))
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), index, axis=1)
+    rows = jnp.arange(new.shape[0])[:, None]
+    return buffer.at[rows, index[:, None] + jnp.arange(t)].set(new.astype(buffer.dtype))
 
 
-def decode(p: dict, cfg: TextConfig, embeds: jax.Array, positions: jax.Array,
-           attention_mask: jax.Array, cache: dict | None = None,
-           remat_block: Callable = lambda f: f):
-    """Run the decoder stack on input embeddings.
+class LlamaAttention(nnx.Module):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+        d, h = cfg.hidden_size, cfg.resolved_head_dim
+        q_dim, kv_dim = cfg.num_heads * h, cfg.num_kv_heads * h
+        self.q_proj = nn.linear(d, q_dim, ("embed", "heads"), False, rngs)
+        self.k_proj = nn.linear(d, kv_dim, ("embed", "kv_heads"), False, rngs)
+        self.v_proj = nn.linear(d, kv_dim, ("embed", "kv_heads"), False, rngs)
+        self.o_proj = nn.linear(q_dim, d, ("heads", "embed"), False, rngs)
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
+        self.rope_theta = cfg.rope_theta
 
-    embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real token).
-    Without a cache, attention is causal over the T inputs. With a cache, the T inputs are
-    written at slots [index, index+T) and attend to every valid earlier slot.
-    Returns (final-normed hidden [B, T, D], new cache or None).
-    """
-    b, t, _ = embeds.shape
-    valid = attention_mask.astype(jnp.bool_)
-    if cache is None:
-        query_slot = jnp.arange(t)
-        key_mask, key_slot, index = valid, query_slot, None
-    else:
-        index = cache["index"]
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], valid, index, axis=1)
-        query_slot = index + jnp.arange(t)
-        key_slot = jnp.arange(key_mask.shape[1])
-    # [B, T, S]: causal by slot, and only keys that hold real tokens.
-    mask = (key_slot[None, None, :] <= query_slot[None, :, None]) & key_mask[:, None, :]
+    def project(self, x: jax.Array, positions: jax.Array):
+        """q [B, T, N, H], k/v [B, T, K, H] with RoPE applied to q and k."""
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
-    x = constrain(embeds, ACT)
-    block = remat_block(lambda bp, x, kv: decoder_block(bp, cfg, x, positions, mask, kv, index))
-    new_layers = {}
-    for i in range(cfg.num_layers):
-        kv = None if cache is None else cache["layers"][str(i)]
-        x, new_kv = block(p["layers"][str(i)], x, kv)
-        new_layers[str(i)] = new_kv
-    x = rms_norm(x, p["norm"], cfg.rms_norm_eps)
-    new_cache = None if cache is None else {"layers": new_layers, "mask": key_mask, "index": index + t}
-    return x, new_cache
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        b, t = q.shape[:2]
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
-def embed_tokens(p: dict, ids: jax.Array, dtype) -> jax.Array:
-    return jnp.take(p["embed_tokens"]["embedding"], ids, axis=0).astype(dtype)
+class LlamaMLP(nnx.Module):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.linear(d, f, ("embed", "mlp"), False, rngs)
+        self.up_proj = nn.linear(d, f, ("embed", "mlp"), False, rngs)
+        self.down_proj = nn.linear(f, d, ("mlp", "embed"), False, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-def logits(p: dict, cfg: TextConfig, hidden: jax.Array) -> jax.Array:
-    """[B, T, D] → fp32 logits [B, T, V]."""
-    if cfg.tie_word_embeddings:
-        w = p["embed_tokens"]["embedding"].astype(hidden.dtype).T
-    else:
-        w = p["lm_head"]["kernel"].astype(hidden.dtype)
-    out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
-    return constrain(out, ("act_batch", "act_seq", "act_vocab"))
+class LlamaDecoderLayer(nnx.Module):
+    """One pre-norm block."""
+
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+        self.self_attn = LlamaAttention(cfg, rngs)
+        self.mlp = LlamaMLP(cfg, rngs)
+        self.input_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+                 cache: tuple | None = None):
+        """cache: None, or (k [L, B, S, K, H], v, this layer's index, write index): the new
+        keys/values are written into the stacked cache, which is returned."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), positions)
+        if cache is not None:
+            ks, vs, layer, index = cache
+            ks, vs = _write_rows(ks, k, index, layer), _write_rows(vs, v, index, layer)
+            k, v = ks[layer], vs[layer]
+            cache = (ks, vs)
+        x = constrain(x + self.self_attn.attend(q, k, v, mask), ACT)
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return constrain(x, ACT), cache
+
+
+class LlamaModel(nnx.Module):
+    """`language_model`: embeddings, the stacked decoder layers, the final norm, lm_head."""
+
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = nn.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), rngs)
+        self.layers = nn.stacked(lambda r: LlamaDecoderLayer(cfg, r), cfg.num_layers, rngs)
+        self.norm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
+
+    def embed(self, ids: jax.Array, dtype) -> jax.Array:
+        return jnp.take(self.embed_tokens.embedding[...], ids, axis=0).astype(dtype)
+
+    def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+               cache: dict | None = None, remat: str = "none"):
+        """Run the decoder stack on input embeddings.
+
+        embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
+        token). Without a cache, attention is causal over the T inputs. With a cache, the T
+        inputs are written at slots [index, index+T) and attend to every valid earlier slot.
+        Returns (final-normed hidden [B, T, D], new cache or None).
+        """
+        b, t, _ = embeds.shape
+        valid = attention_mask.astype(jnp.bool_)
+        if cache is None:
+            query_slot = jnp.broadcast_to(jnp.arange(t), (b, t))
+            key_mask, key_slot = valid, jnp.arange(t)
+        else:
+            index = cache["index"]
+            key_mask = _write_rows(cache["mask"], valid, index)
+            query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
+            key_slot = jnp.arange(key_mask.shape[1])
+        # [B, T, S]: causal by slot, and only keys that hold real tokens.
+        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :]
+
+        x = constrain(embeds, ACT)
+        if cache is None:
+            def block(layer, x, _):
+                return layer(x, positions, mask)[0], None
+
+            x, _ = nn.scan_layers(self.layers, block, x, remat=remat)
+            new_cache = None
+        else:
+            def block(layer, carry, i):
+                x, ks, vs = carry
+                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index))
+                return (x, ks, vs), None
+
+            kv = (constrain(cache["k"], KV_ACT), constrain(cache["v"], KV_ACT))
+            (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
+                                            jnp.arange(self.cfg.num_layers), remat=remat)
+            new_cache = {"k": ks, "v": vs, "mask": key_mask, "index": index + t}
+        return self.norm(x), new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[B, T, D] → fp32 logits [B, T, V]."""
+        if self.cfg.tie_word_embeddings:
+            w = self.embed_tokens.embedding[...].astype(hidden.dtype).T
+        else:
+            w = self.lm_head.kernel[...].astype(hidden.dtype)
+        out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
+        return constrain(out, ("act_batch", "act_seq", "act_vocab"))

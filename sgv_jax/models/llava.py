@@ -1,7 +1,13 @@
 """The LLaVA / ShareGPT4V VLM: CLIP features → projector → written into the token embeddings at
 the image positions → LLaMA decoder (REFERENCE.md §1.6–1.7).
 
-Pure functions of (params, config, batch). A batch is a dict of arrays with static shapes:
+`LlavaModel` is the NNX module; `build_model(cfg, rngs)` makes one. Outside the model, the
+parameters travel as a plain nested dict of arrays (`nnx.to_pure_dict` of the Param state, the
+layers stacked on a leading axis): the train step, the checkpointers and the generator pass that
+dict through `jax.jit` and rebuild the module inside with `from_params` (`nnx.merge`), so every
+function at the jit boundary stays pure.
+
+A batch is a dict of arrays with static shapes:
   input_ids      int32 [B, L]   image positions hold `config.image_token_id` or IMAGE_TOKEN_INDEX
                                 (one per image feature row)
   attention_mask int32 [B, L]   1 = real token (optional: all ones)
@@ -14,54 +20,25 @@ tower, as in the reference, and its features are never read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from sgv_jax.models import clip, llama, projector
+from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import cast_floating
+from sgv_jax.models.llama import LlamaModel
+from sgv_jax.models.nn import REMAT_POLICIES, check_remat
+from sgv_jax.models.projector import Projector
+from sgv_jax.sharding import check_whole_heads, tree_shardings
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+__all__ = ["REMAT_POLICIES", "LlavaModel", "build_model", "check_remat"]
 
-
-def param_specs(cfg: VLMConfig) -> dict:
-    return {
-        "vision_tower": clip.param_specs(cfg.vision),
-        "projector": projector.param_specs(cfg.projector_type, cfg.vision.hidden_size,
-                                           cfg.text.hidden_size, cfg.projector_bias),
-        "language_model": llama.param_specs(cfg.text),
-    }
-
-
-def remat_wrapper(remat: str) -> Callable:
-    if remat not in REMAT_POLICIES:
-        raise ValueError(f"remat {remat!r}: use one of {sorted(REMAT_POLICIES)}")
-    policy = REMAT_POLICIES[remat]
-    if policy is None:
-        return lambda f: f
-    return lambda f: jax.checkpoint(f, policy=policy)
-
-
-def select_vision_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
-                           remat: str = "none") -> jax.Array:
-    """`hidden_states[vision_feature_layer]`, CLS dropped for 'patch'. [B, P, D_vis]"""
-    hidden = clip.hidden_state(params["vision_tower"], cfg.vision, pixel_values,
-                               cfg.vision_layers_used, remat_wrapper(remat))
-    return hidden[:, 1:] if cfg.vision_feature_select == "patch" else hidden
-
-
-def image_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
-                   remat: str = "none") -> jax.Array:
-    """Projected image features in the decoder's space. [B, P, D]"""
-    feats = select_vision_features(params, cfg, pixel_values, remat)
-    return projector.project(params["projector"], cfg.projector_type, feats)
+# Rows of the vocabulary projection computed at once by the loss (see `LlavaModel.loss_terms`).
+LOSS_CHUNK = 256
 
 
 def image_positions(input_ids: jax.Array, cfg: VLMConfig) -> jax.Array:
@@ -80,83 +57,94 @@ def splice_image_embeddings(token_embeds: jax.Array, features: jax.Array,
     return jnp.where(is_image[..., None], gathered.astype(token_embeds.dtype), token_embeds)
 
 
-def embed_inputs(params: dict, cfg: VLMConfig, batch: dict, dtype, remat: str = "none",
-                 out: dict | None = None) -> jax.Array:
-    """Token embeddings with projected image features spliced in. [B, L, D]"""
-    ids = batch["input_ids"]
-    is_image = image_positions(ids, cfg)
-    lm = params["language_model"]
-    embeds = llama.embed_tokens(lm, jnp.where(is_image, 0, ids), dtype)
-    if batch.get("pixel_values") is None:
-        return embeds
-    vis = select_vision_features(params, cfg, batch["pixel_values"].astype(dtype), remat)
-    feats = projector.project(params["projector"], cfg.projector_type, vis)
-    if out is not None:
-        out["img/features"], out["img/projected"] = vis, feats
-    return splice_image_embeddings(embeds, feats, is_image)
-
-
 def default_positions(input_ids: jax.Array) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
 
 
-def hidden_states(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-                  remat: str = "none", out: dict | None = None) -> jax.Array:
-    """The decoder's final-normed hidden states [B, L, D] (params already in `dtype`)."""
-    out = {} if out is None else out
-    embeds = embed_inputs(params, cfg, batch, dtype, remat, out)
-    mask = batch.get("attention_mask")
-    if mask is None:
-        mask = jnp.ones(batch["input_ids"].shape, jnp.int32)
-    positions = batch.get("positions")
-    if positions is None:
-        positions = default_positions(batch["input_ids"])
-    hidden, _ = llama.decode(params["language_model"], cfg.text, embeds, positions, mask,
-                             remat_block=remat_wrapper(remat))
-    out["llm/hidden"] = hidden
-    return hidden
+class LlavaModel(nnx.Module):
+    def __init__(self, cfg: VLMConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.vision_tower = CLIPVisionTower(cfg.vision, rngs)
+        self.projector = Projector(cfg.projector_type, cfg.vision.hidden_size,
+                                   cfg.text.hidden_size, cfg.projector_bias, rngs)
+        self.language_model = LlamaModel(cfg.text, rngs)
+
+    def select_vision_features(self, pixel_values: jax.Array, remat: str = "none",
+                               no_grad_below: int = 0) -> jax.Array:
+        """`hidden_states[vision_feature_layer]`, CLS dropped for 'patch'. [B, P, D_vis]"""
+        hidden = self.vision_tower.hidden_state(pixel_values, self.cfg.vision_layers_used,
+                                                remat=remat, no_grad_below=no_grad_below)
+        return hidden[:, 1:] if self.cfg.vision_feature_select == "patch" else hidden
+
+    def embed_inputs(self, batch: dict, dtype, remat: str = "none", no_grad_below: int = 0,
+                     out: dict | None = None) -> jax.Array:
+        """Token embeddings with projected image features spliced in. [B, L, D]"""
+        ids = batch["input_ids"]
+        is_image = image_positions(ids, self.cfg)
+        embeds = self.language_model.embed(jnp.where(is_image, 0, ids), dtype)
+        if batch.get("pixel_values") is None:
+            return embeds
+        vis = self.select_vision_features(batch["pixel_values"].astype(dtype), remat, no_grad_below)
+        feats = self.projector(vis)
+        if out is not None:
+            out["img/features"], out["img/projected"] = vis, feats
+        return splice_image_embeddings(embeds, feats, is_image)
+
+    def hidden_states(self, batch: dict, dtype, remat: str = "none", no_grad_below: int = 0,
+                      out: dict | None = None) -> jax.Array:
+        """The decoder's final-normed hidden states [B, L, D]."""
+        out = {} if out is None else out
+        embeds = self.embed_inputs(batch, dtype, remat, no_grad_below, out)
+        mask = batch.get("attention_mask")
+        if mask is None:
+            mask = jnp.ones(batch["input_ids"].shape, jnp.int32)
+        positions = batch.get("positions")
+        if positions is None:
+            positions = default_positions(batch["input_ids"])
+        hidden, _ = self.language_model.decode(embeds, positions, mask, remat=remat)
+        out["llm/hidden"] = hidden
+        return hidden
+
+    def __call__(self, batch: dict, dtype=jnp.float32, remat: str = "none"
+                 ) -> tuple[jax.Array, dict]:
+        """Logits [B, L, V] (fp32) and named intermediates (big_vision style `out`)."""
+        out: dict = {}
+        hidden = self.hidden_states(batch, dtype, remat, out=out)
+        return self.language_model.logits(hidden), out
+
+    def loss_terms(self, batch: dict, dtype=jnp.float32, remat: str = "none",
+                   no_grad_below: int = 0, chunk: int = LOSS_CHUNK) -> tuple[jax.Array, jax.Array]:
+        """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
+        the vocabulary projection and cross-entropy run over `chunk`-token slices, each
+        rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
+        hidden = self.hidden_states(batch, dtype, remat, no_grad_below)
+        # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
+        labels = batch["labels"]
+        targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], 1)
+        length = hidden.shape[1]
+        if length <= chunk or length % chunk:
+            return self._chunk_losses(hidden, targets)
+        lm_graph, lm_state = nnx.split(self.language_model)
+
+        @jax.checkpoint
+        def one(carry, xs):
+            h, t = xs
+            total, count = _chunk_losses(nnx.merge(lm_graph, lm_state), h, t)
+            return (carry[0] + total, carry[1] + count), None
+
+        b, d = hidden.shape[0], hidden.shape[2]
+        hs = hidden.reshape(b, length // chunk, chunk, d).swapaxes(0, 1)
+        ts = targets.reshape(b, length // chunk, chunk).swapaxes(0, 1)
+        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (total, count), _ = jax.lax.scan(one, init, (hs, ts))
+        return total, count
+
+    def _chunk_losses(self, hidden: jax.Array, targets: jax.Array):
+        return _chunk_losses(self.language_model, hidden, targets)
 
 
-def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-            remat: str = "none") -> tuple[jax.Array, dict]:
-    """Logits [B, L, V] (fp32) and named intermediates (big_vision style `out`)."""
-    params = cast_floating(params, dtype)
-    out: dict = {}
-    hidden = hidden_states(params, cfg, batch, dtype, remat, out)
-    return llama.logits(params["language_model"], cfg.text, hidden), out
-
-
-def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-               remat: str = "none", chunk: int = 256) -> tuple[jax.Array, jax.Array]:
-    """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
-    the vocabulary projection and cross-entropy run over `chunk`-token slices, each
-    rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
-    params = cast_floating(params, dtype)
-    hidden = hidden_states(params, cfg, batch, dtype, remat)
-    lm = params["language_model"]
-    # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
-    targets = jnp.concatenate([batch["labels"][:, 1:],
-                               jnp.full_like(batch["labels"][:, :1], IGNORE_INDEX)], axis=1)
-    length = hidden.shape[1]
-    if length <= chunk or length % chunk:
-        return _chunk_losses(lm, cfg, hidden, targets)
-
-    @jax.checkpoint
-    def one(carry, xs):
-        h, t = xs
-        total, count = _chunk_losses(lm, cfg, h, t)
-        return (carry[0] + total, carry[1] + count), None
-
-    b, d = hidden.shape[0], hidden.shape[2]
-    hs = hidden.reshape(b, length // chunk, chunk, d).swapaxes(0, 1)
-    ts = targets.reshape(b, length // chunk, chunk).swapaxes(0, 1)
-    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-    (total, count), _ = jax.lax.scan(one, init, (hs, ts))
-    return total, count
-
-
-def _chunk_losses(lm: dict, cfg: VLMConfig, hidden: jax.Array, targets: jax.Array):
-    logits = llama.logits(lm, cfg.text, hidden)
+def _chunk_losses(lm: LlamaModel, hidden: jax.Array, targets: jax.Array):
+    logits = lm.logits(hidden)
     counted = targets != IGNORE_INDEX
     logz = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, jnp.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
@@ -175,6 +163,85 @@ def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.A
     return losses.sum(), counted.sum()
 
 
+# ----------------------------------------------------------------------------- building
+
+
+def build_model(cfg: VLMConfig, rngs: nnx.Rngs) -> LlavaModel:
+    """The NNX model with random weights. Eager sharding is off: shardings come from the
+    logical axes through `init` (born sharded) or the train layout, so this also runs under
+    `nnx.eval_shape` with no mesh set."""
+    with nnx.use_eager_sharding(False):
+        return LlavaModel(cfg, rngs)
+
+
+@functools.cache
+def _abstract(cfg: VLMConfig) -> tuple[Any, dict, dict]:
+    """(graphdef, abstract params {path: ShapeDtypeStruct}, logical axes) — shapes only."""
+    model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    axes = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    axes = jax.tree.map(tuple, axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    return graphdef, nnx.to_pure_dict(state), axes
+
+
+def abstract_params(cfg: VLMConfig) -> dict:
+    """The parameter tree's shapes and dtypes (fp32), from `nnx.eval_shape`; nothing allocated."""
+    return _abstract(cfg)[1]
+
+
+def param_axes(cfg: VLMConfig) -> dict:
+    """Each parameter's logical axes, read from its `nnx.Param` metadata."""
+    return _abstract(cfg)[2]
+
+
+def from_params(cfg: VLMConfig, params: dict) -> LlavaModel:
+    """The module over given parameter arrays (traced ones too: used inside `jax.jit`)."""
+    return nnx.merge(_abstract(cfg)[0], params)
+
+
+def cast_floating(tree: Any, dtype) -> Any:
+    """Cast floating leaves to the compute dtype (master weights stay fp32 outside)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def param_shardings(cfg: VLMConfig, mesh) -> dict:
+    """Every parameter's NamedSharding from its logical axes; refuses a mesh that would split
+    a head or leave a dimension undivided, naming it."""
+    check_whole_heads({"text.num_heads": cfg.text.num_heads,
+                       "text.num_kv_heads": cfg.text.num_kv_heads,
+                       "vision.num_heads": cfg.vision.num_heads}, mesh)
+    return tree_shardings(param_axes(cfg), abstract_params(cfg), mesh)
+
+
+def init(cfg: VLMConfig, key: jax.Array, mesh=None, dtype=jnp.float32) -> dict:
+    """Random parameters as a plain dict; with a mesh they are born sharded by the
+    logical-axis rules (the full tree never exists on one device)."""
+
+    def make(k):
+        return cast_floating(nnx.to_pure_dict(nnx.state(build_model(cfg, nnx.Rngs(k)))), dtype)
+
+    if mesh is None:
+        return jax.jit(make)(key)
+    return jax.jit(make, out_shardings=param_shardings(cfg, mesh))(key)
+
+
+# ------------------------------------------------------------- functional API (pure, jittable)
+
+
+def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+            remat: str = "none") -> tuple[jax.Array, dict]:
+    """Logits [B, L, V] (fp32) and named intermediates."""
+    return from_params(cfg, cast_floating(params, dtype))(batch, dtype, remat)
+
+
+def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
+               remat: str = "none", no_grad_below: int = 0, chunk: int = LOSS_CHUNK
+               ) -> tuple[jax.Array, jax.Array]:
+    model = from_params(cfg, cast_floating(params, dtype))
+    return model.loss_terms(batch, dtype, remat, no_grad_below, chunk)
+
+
 def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
          remat: str = "none") -> jax.Array:
     """Mean shifted cross-entropy over labels != IGNORE_INDEX in the batch."""
@@ -182,14 +249,11 @@ def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
     return total / jnp.maximum(count, 1)
 
 
-def init(cfg: VLMConfig, key: jax.Array, mesh=None, dtype=jnp.float32) -> dict:
-    """Random parameters; with a mesh they are born sharded by the logical-axis rules (the
-    full tree never exists on one device)."""
-    from sgv_jax.models.params import abstract_params, init_params, logical_axes
-    from sgv_jax.sharding import tree_shardings
+def select_vision_features(params: dict, cfg: VLMConfig, pixel_values: jax.Array,
+                           remat: str = "none") -> jax.Array:
+    return from_params(cfg, params).select_vision_features(pixel_values, remat)
 
-    specs = param_specs(cfg)
-    if mesh is None:
-        return jax.jit(lambda k: init_params(specs, k, dtype))(key)
-    shardings = tree_shardings(logical_axes(specs), abstract_params(specs, dtype), mesh)
-    return jax.jit(lambda k: init_params(specs, k, dtype), out_shardings=shardings)(key)
+
+def embed_inputs(params: dict, cfg: VLMConfig, batch: dict, dtype) -> jax.Array:
+    """Token embeddings with image features spliced in; `params` already in `dtype`."""
+    return from_params(cfg, params).embed_inputs(batch, dtype)

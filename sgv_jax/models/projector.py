@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 
 import jax
+from flax import nnx
 
-from sgv_jax.models.layers import dense, gelu_exact
-from sgv_jax.models.params import dense_spec
+from sgv_jax.models import nn
+from sgv_jax.models.layers import gelu_exact
 
 
 def projector_depth(projector_type: str) -> int:
@@ -23,19 +24,19 @@ def projector_depth(projector_type: str) -> int:
     return int(match.group(1))
 
 
-def param_specs(projector_type: str, d_vision: int, d_text: int, bias: bool = True) -> dict:
-    depth = projector_depth(projector_type)
-    # Axis names alternate so no kernel puts two dims on the same mesh axis (sharding.py).
-    specs = {"linear_1": dense_spec(d_vision, d_text, ("vis_embed", "mlp"), bias)}
-    for i in range(2, depth + 1):
-        specs[f"linear_{i}"] = dense_spec(d_text, d_text, ("mlp", "embed"), bias)
-    return specs
-
-
-def project(p: dict, projector_type: str, features: jax.Array) -> jax.Array:
+class Projector(nnx.Module):
     """[B, P, D_vis] → [B, P, D]: linear, then (GELU, linear) repeated (exact erf GELU)."""
-    depth = projector_depth(projector_type)
-    x = dense(features, p["linear_1"])
-    for i in range(2, depth + 1):
-        x = dense(gelu_exact(x), p[f"linear_{i}"])
-    return x
+
+    def __init__(self, projector_type: str, d_vision: int, d_text: int, bias: bool,
+                 rngs: nnx.Rngs):
+        self.depth = projector_depth(projector_type)
+        # Axis names alternate so no kernel puts two dims on the same mesh axis (sharding.py).
+        self.linear_1 = nn.linear(d_vision, d_text, ("vis_embed", "mlp"), bias, rngs)
+        for i in range(2, self.depth + 1):
+            setattr(self, f"linear_{i}", nn.linear(d_text, d_text, ("mlp", "embed"), bias, rngs))
+
+    def __call__(self, features: jax.Array) -> jax.Array:
+        x = self.linear_1(features)
+        for i in range(2, self.depth + 1):
+            x = getattr(self, f"linear_{i}")(gelu_exact(x))
+        return x

@@ -18,14 +18,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from sgv_jax.checkpoint import TrainCheckpointer, abstract_with_shardings
+from sgv_jax import chips
+from sgv_jax.checkpoint import TrainCheckpointer
 from sgv_jax.data.batching import COUNTED
 from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
-from sgv_jax.models.params import abstract_params
 from sgv_jax.paths import resolve
 from sgv_jax.train import optim, setup
-from sgv_jax.train import step as step_lib
 from sgv_jax.train.metrics import MetricWriter
 
 
@@ -49,49 +48,36 @@ class _Preemption:
 
 def initial_state(run: setup.Run, ckpt: TrainCheckpointer):
     """(state, frozen, data_state or None, where it came from)."""
-    c = run.config
-    specs = llava.param_specs(run.model)
-    abstract = abstract_params(specs)
-    abs_train, abs_frozen = optim.split_trainable(abstract, c.trainable_modules,
-                                                  c.tune_vit_from_layer)
-    state_sh = step_lib.state_shardings(run.model, run.optimizer, abs_train, run.mesh)
-    frozen_sh = step_lib.param_shardings_for(run.model, abs_frozen, run.mesh)
+    c, layout = run.config, run.layout
     latest = ckpt.latest_step()
     if latest is not None:
-        abs_state = {"step": jax.ShapeDtypeStruct((), np.int32), "params": abs_train,
-                     "opt_state": jax.eval_shape(run.optimizer.init, abs_train),
-                     "rng": jax.ShapeDtypeStruct((2,), np.uint32)}
-        state, frozen, data_state = ckpt.restore(
-            latest, abstract_with_shardings(abs_state, state_sh),
-            abstract_with_shardings(abs_frozen, frozen_sh))
-        return state, frozen, data_state, state_sh, frozen_sh, f"resumed from step {latest}"
+        state, data_state = ckpt.restore(latest, layout.abstract_state)
+        frozen = ckpt.restore_frozen(layout.abstract_frozen)
+        return state, frozen, data_state, f"resumed from step {latest}"
     if c.init_from:
         from sgv_jax.checkpoint_sgv import load_sgv
 
-        full_sh = optim.merge(state_sh["params"], frozen_sh)
-        _, params = load_sgv(c.init_from, shardings=full_sh, dtype=np.float32)
+        _, params = load_sgv(c.init_from, shardings=layout.param_shardings(), dtype=np.float32)
         source = f"initialised from {c.init_from}"
     else:
-        params = llava.init(run.model, jax.random.PRNGKey(c.seed), run.mesh)
+        params = llava.init(run.model, jax.random.PRNGKey(c.seed), layout.mesh)
         source = f"random init (seed {c.seed})"
-    trainable, frozen = optim.split_trainable(params, c.trainable_modules, c.tune_vit_from_layer)
-    opt_state = jax.jit(run.optimizer.init, out_shardings=state_sh["opt_state"])(trainable)
-    state = {"step": jax.device_put(np.int32(0), state_sh["step"]), "params": trainable,
-             "opt_state": opt_state,
-             "rng": jax.device_put(jax.random.PRNGKey(c.seed), state_sh["rng"])}
-    return state, frozen, None, state_sh, frozen_sh, source
+    state, frozen = layout.split(params)
+    ckpt.save_frozen(frozen)
+    return state, frozen, None, source
 
 
-def evaluate(run: setup.Run, eval_fn, params: dict) -> dict[str, float]:
+def evaluate(run: setup.Run, trainable: dict, frozen: dict) -> dict[str, float]:
     """Token-mean loss on the first `eval_batches` batches of the held-out file."""
     data = setup.make_data(run, run.config.data.eval_file, seed=0, num_epochs=1,
-                           batch_size=run.micro_batch)
+                           batch_size=run.layout.micro_batch)
     total, count = 0.0, 0
     try:
         for i, host_batch in enumerate(data):
             if i >= run.config.eval_batches:
                 break
-            t, n = eval_fn(params, setup.to_global_batch(run, host_batch, accumulated=False))
+            batch = run.layout.global_batch(host_batch, accumulated=False)
+            t, n = run.layout.eval_step(trainable, frozen, batch)
             total, count = total + float(t), count + int(n)
     finally:
         data.close()
@@ -114,28 +100,26 @@ def train(config, workdir: str) -> dict[str, Any]:
         (resolve(workdir) / "config.json").write_text(json.dumps(
             {"run": config.to_dict(), "model": run.model.to_dict()}, indent=1, default=str))
 
+    layout = run.layout
     ckpt = TrainCheckpointer(workdir, config.keep_checkpoints)
-    state, frozen, data_state, state_sh, frozen_sh, source = initial_state(run, ckpt)
+    state, frozen, data_state, source = initial_state(run, ckpt)
     data = setup.make_data(run, config.data.train_file, config.seed, None, config.global_batch_size)
     if data_state is not None:
         data.set_state(data_state)
 
-    step_fn = step_lib.make_train_step(run.model, run.optimizer, run.schedule, run.compute_dtype,
-                                       config.remat, config.freeze_pad_row)
-    first = setup.to_global_batch(run, next(data), accumulated=True)
-    batch_sh = jax.tree.map(lambda x: x.sharding, first)
-    train_step = step_lib.jit_train_step(step_fn, state_sh, frozen_sh, batch_sh)
-    compiled = train_step.lower(state, frozen, first).compile()
-    flops = (compiled.cost_analysis() or {}).get("flops", math.nan)
-    peak = setup.peak_flops_per_device(config)
-    eval_fn = jax.jit(step_lib.make_eval_step(run.model, run.compute_dtype))
+    first = layout.global_batch(next(data), accumulated=True)
+    compiled = layout.train_step.lower(state, frozen, first).compile()
+    flops = layout.model_flops_per_step() / layout.mesh.size  # per device
+    peak, peak_source = ((config.peak_flops_per_device, "config.peak_flops_per_device")
+                         if config.peak_flops_per_device else chips.peak_flops_per_device())
 
     writer = MetricWriter(workdir, enabled=is_main)
     start = int(state["step"])
     if is_main:
         print(f"{source}; steps {start}→{run.stop_step} of a {run.total_steps}-step schedule; "
-              f"{run.accum_steps} micro-batch(es) of {run.micro_batch} per step; "
-              f"{flops / 1e9:.2f} GFLOP/step/device", flush=True)
+              f"{layout.accum_steps} micro-batch(es) of {layout.micro_batch} per step; "
+              f"{flops / 1e9:.2f} GFLOP/step/device; MFU against {peak / 1e9:.0f} GFLOP/s "
+              f"({peak_source})", flush=True)
     preempt = _Preemption()
     bar = tqdm(total=run.stop_step, initial=start, disable=not is_main, dynamic_ncols=True)
     pending: list[Any] = []  # device scalars since the last check (no host sync per step)
@@ -150,7 +134,7 @@ def train(config, workdir: str) -> dict[str, Any]:
             pending.append(metrics)
             data_state = data.get_state()  # before prefetching the next step's batch
             if step < run.stop_step:
-                batch = setup.to_global_batch(run, next(data), accumulated=True)
+                batch = layout.global_batch(next(data), accumulated=True)
             due_ckpt = step % config.checkpoint_every == 0 or step == run.stop_step
             if step % config.log_every == 0 or due_ckpt or preempt.requested:
                 host = jax.device_get(pending)
@@ -174,12 +158,12 @@ def train(config, workdir: str) -> dict[str, Any]:
                                 tok_s=f"{last['tokens_per_s']:.0f}", step_s=f"{dt:.3f}",
                                 mfu=f"{last['mfu']:.1%}")
             if config.data.eval_file and (step % config.eval_every == 0 or step == run.stop_step):
-                ev = evaluate(run, eval_fn, optim.merge(state["params"], frozen))
+                ev = evaluate(run, state["params"], frozen)
                 writer.write(step, ev)
                 last.update(ev)
                 bar.write(f"step {step}: eval loss {ev['eval_loss']:.4f}")
             if due_ckpt or preempt.requested:
-                ckpt.save(step, state, frozen, data_state)
+                ckpt.save(step, state, data_state)
                 last_saved = step
             bar.update(1)
     finally:

@@ -2,55 +2,94 @@
 
 Stages are data: `trainable_modules` names top-level modules trained whole, and
 `tune_vit_from_layer` (ShareGPT4V's flag) adds CLIP blocks >= k. Parameters are split by path
-into a trainable and a frozen tree; only the trainable one gets AdamW moments.
+into a trainable and a frozen tree; only the trainable one gets AdamW moments. The CLIP blocks
+are one stacked array per weight, so that flag splits each stacked leaf along its `layers` axis:
+blocks < k go to the frozen tree, blocks >= k to the trainable one, and `merge` concatenates
+them back (the model then runs the two parts as two scans, `no_grad_below`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from sgv_jax.models.params import flatten, unflatten
+from sgv_jax.models.storage import flatten, unflatten
 
 MODULES = ("vision_tower", "projector", "language_model")
-_VIT_BLOCK = re.compile(r"^vision_tower/layers/(\d+)/")
+VIT_BLOCKS = "vision_tower/layers/"
 
 
-def is_trainable(path: str, trainable_modules: Sequence[str], tune_vit_from_layer: int) -> bool:
-    """ShareGPT4V stage 1 (`--tune_vit_from_layer 12`): CLIP blocks >= 12 train; the tower's
-    embeddings, pre-norm, earlier blocks and post_layernorm stay frozen (§4.1)."""
-    if path.split("/", 1)[0] in trainable_modules:
-        return True
-    block = _VIT_BLOCK.match(path)
-    return tune_vit_from_layer >= 0 and block is not None and int(block.group(1)) >= tune_vit_from_layer
+@dataclasses.dataclass(frozen=True)
+class TrainableSet:
+    """Which parameters a stage trains: whole modules, plus CLIP blocks >= `vit_from_layer`
+    (-1: none) when the tower itself is not trained whole (§4.1)."""
+
+    modules: tuple[str, ...]
+    vit_from_layer: int = -1
+
+    def __post_init__(self):
+        unknown = [m for m in self.modules if m not in MODULES]
+        if unknown:
+            raise ValueError(f"trainable_modules {unknown} unknown; choose from {MODULES}")
+
+    @property
+    def splits_vit(self) -> bool:
+        return "vision_tower" not in self.modules and self.vit_from_layer >= 0
+
+    def vit_boundary(self, num_blocks: int) -> int:
+        """First trained CLIP block (num_blocks when none is trained)."""
+        if "vision_tower" in self.modules:
+            return 0
+        return num_blocks if self.vit_from_layer < 0 else min(self.vit_from_layer, num_blocks)
 
 
 def check_modules(trainable_modules: Sequence[str]) -> None:
-    unknown = [m for m in trainable_modules if m not in MODULES]
-    if unknown:
-        raise ValueError(f"trainable_modules {unknown} unknown; choose from {MODULES}")
+    TrainableSet(tuple(trainable_modules))
 
 
-def split_trainable(params: dict, trainable_modules: Sequence[str], tune_vit_from_layer: int
-                    ) -> tuple[dict, dict]:
-    """(trainable, frozen) nested dicts that together hold every leaf exactly once."""
-    check_modules(trainable_modules)
-    flat = flatten(params)
-    train = {k: v for k, v in flat.items() if is_trainable(k, trainable_modules, tune_vit_from_layer)}
-    frozen = {k: v for k, v in flat.items() if k not in train}
+def split_trainable(params: dict, trainable: TrainableSet) -> tuple[dict, dict]:
+    """(trainable, frozen) nested dicts that together hold every parameter exactly once; a
+    stacked CLIP leaf split at the boundary appears in both, blocks [0, k) frozen and [k, n)
+    trainable. Works on arrays and on ShapeDtypeStructs."""
+    train, frozen = {}, {}
+    for path, value in flatten(params).items():
+        if path.split("/", 1)[0] in trainable.modules:
+            train[path] = value
+        elif path.startswith(VIT_BLOCKS) and trainable.splits_vit:
+            k = trainable.vit_boundary(value.shape[0])
+            if k > 0:
+                frozen[path] = _rows(value, 0, k)
+            if k < value.shape[0]:
+                train[path] = _rows(value, k, value.shape[0])
+        else:
+            frozen[path] = value
     if not train:
         raise ValueError("the trainable set is empty: check trainable_modules / tune_vit_from_layer")
     return unflatten(train), unflatten(frozen)
 
 
+def _rows(value, start: int, stop: int):
+    """Blocks [start, stop) of a stacked leaf (the `layers` axis is never sharded, so an
+    abstract leaf keeps its sharding)."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct((stop - start, *value.shape[1:]), value.dtype,
+                                    sharding=value.sharding)
+    return value[start:stop]
+
+
 def merge(trainable: dict, frozen: dict) -> dict:
-    return unflatten({**flatten(frozen), **flatten(trainable)})
+    """The full tree again: a leaf in both halves is a split stack, frozen blocks first."""
+    flat_train, flat_frozen = flatten(trainable), flatten(frozen)
+    out = {**flat_frozen, **flat_train}
+    for path in flat_train.keys() & flat_frozen.keys():
+        low, high = flat_frozen[path], flat_train[path]
+        out[path] = jnp.concatenate([low.astype(high.dtype), high], axis=0)
+    return unflatten(out)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
@@ -61,7 +100,9 @@ def warmup_steps(total_steps: int, warmup_ratio: float) -> int:
 def lr_schedule(peak_lr: float, total_steps: int, warmup_ratio: float) -> optax.Schedule:
     """HF's get_cosine_schedule_with_warmup: linear 0→peak, then cosine to 0 at total_steps.
 
-    `step` is the number of updates already applied (HF calls scheduler.step() after each)."""
+    `step` is the number of updates already applied (HF calls scheduler.step() after each).
+    Not optax.warmup_cosine_decay_schedule: its fp32 interpolation lands up to ~3e-6 (relative)
+    away from HF's float64 values; this one stays within an ulp of them."""
     warm = warmup_steps(total_steps, warmup_ratio)
 
     def schedule(step):
@@ -94,7 +135,3 @@ def zero_padding_row_grad(grads: dict, pad_token_id: int | None) -> dict:
     table = lm["embed_tokens"]["embedding"]
     lm = {**lm, "embed_tokens": {"embedding": table.at[pad_token_id].set(0)}}
     return {**grads, "language_model": lm}
-
-
-def tree_bytes(tree: Any) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))

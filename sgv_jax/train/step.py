@@ -1,4 +1,4 @@
-"""The pure train step and its shardings.
+"""The pure train step.
 
 `train_step(state, frozen, batch)` is a function of arrays only: it merges the trainable and
 frozen halves inside the loss, accumulates gradients over micro-batches with `lax.scan`, and
@@ -10,29 +10,25 @@ token means (REFERENCE §4.5); with equal token counts per device the two agree.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from sgv_jax import sharding
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.params import abstract_params, flatten, logical_axes, unflatten
 from sgv_jax.train.optim import merge, zero_padding_row_grad
-
-BATCH_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
 
 
 def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, schedule: Callable,
-                    compute_dtype, remat: str, freeze_pad_row: bool) -> Callable:
+                    compute_dtype, remat: str, freeze_pad_row: bool,
+                    no_grad_below: int = 0) -> Callable:
+    """`no_grad_below`: CLIP blocks below it are frozen (run behind a stop-gradient)."""
     pad_row = cfg.text.pad_token_id if freeze_pad_row else None
 
     def loss_terms(trainable, frozen, micro):
-        return llava.loss_terms(merge(trainable, frozen), cfg, micro, compute_dtype, remat)
+        params = merge(llava.cast_floating(trainable, compute_dtype), frozen)
+        return llava.loss_terms(params, cfg, micro, compute_dtype, remat, no_grad_below)
 
     grad_fn = jax.value_and_grad(loss_terms, has_aux=True)
 
@@ -54,7 +50,7 @@ def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, sch
         grads = zero_padding_row_grad(grads, pad_row)
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                     "opt_state": opt_state, "rng": jax.random.fold_in(state["rng"], state["step"])}
+                     "opt_state": opt_state}
         metrics = {"loss": total / denom, "tokens": count, "grad_norm": optax.tree.norm(grads),
                    "lr": schedule(state["step"])}
         return new_state, metrics
@@ -63,42 +59,8 @@ def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, sch
 
 
 def make_eval_step(cfg: VLMConfig, compute_dtype) -> Callable:
-    def eval_step(params: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
+    def eval_step(trainable: dict, frozen: dict, batch: dict) -> tuple[jax.Array, jax.Array]:
+        params = merge(llava.cast_floating(trainable, compute_dtype), frozen)
         return llava.loss_terms(params, cfg, batch, compute_dtype)
 
     return eval_step
-
-
-def param_shardings_for(cfg: VLMConfig, tree: dict, mesh) -> dict:
-    """Shardings of a subtree (trainable or frozen half) of the full parameter tree."""
-    specs = llava.param_specs(cfg)
-    all_shardings = flatten(sharding.tree_shardings(logical_axes(specs), abstract_params(specs),
-                                                    mesh), is_leaf=lambda x: isinstance(x, NamedSharding))
-    return unflatten({path: all_shardings[path] for path in flatten(tree)})
-
-
-def state_shardings(cfg: VLMConfig, optimizer, abstract_trainable: dict, mesh) -> dict:
-    """Adam moments shard like their parameters; counters are replicated."""
-    replicated = NamedSharding(mesh, P())
-    param_sh = param_shardings_for(cfg, abstract_trainable, mesh)
-    abstract_opt = jax.eval_shape(optimizer.init, abstract_trainable)
-    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abstract_opt, param_sh,
-                                   transform_non_params=lambda _: replicated)
-    return {"step": replicated, "params": param_sh, "opt_state": opt_sh, "rng": replicated}
-
-
-def batch_shardings(mesh, batch: dict, accumulated: bool) -> dict:
-    """Samples split over (data, fsdp); the leading accumulation axis (if any) is not."""
-    lead = (None,) if accumulated else ()
-
-    def one(x):
-        rest = x.ndim - len(lead) - 1
-        return NamedSharding(mesh, P(*lead, sharding.ACTIVATION_RULES["act_batch"], *([None] * rest)))
-
-    return jax.tree.map(one, batch)
-
-
-def jit_train_step(step_fn, state_sh: dict, frozen_sh: dict, batch_sh: dict) -> Any:
-    """Donates the trainable params and optimizer state (not the frozen half)."""
-    return jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, batch_sh),
-                   out_shardings=(state_sh, None), donate_argnums=(0,))
