@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sgv_jax.train.metrics import read_metrics
+from tests.train_helpers import DEMO_DATA
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -25,7 +26,7 @@ def command(workdir, extra=()):
             "--config", os.path.join(REPO, "configs", "pretrain.py") + ":demo",
             "--workdir", str(workdir), f"--config.max_steps={STEPS}", "--config.log_every=1",
             "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.per_device_batch_size=4",
-            "--config.eval_every=1000", *extra]
+            "--config.eval_every=1000", f"--config.data.demo_dir={DEMO_DATA}", *extra]
 
 
 def env(devices):
