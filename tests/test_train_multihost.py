@@ -56,7 +56,7 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path):
     want = {r["step"]: r["loss"] for r in read_metrics(str(single)) if "loss" in r}
     got = {r["step"]: r["loss"] for r in read_metrics(str(multi)) if "loss" in r}
     assert sorted(want) == list(range(1, STEPS + 1)) and want.keys() == got.keys()
-    for step in want:
+    for step, loss in want.items():
         # Same samples per global batch, gathered in another order: equal up to summation order.
-        assert abs(want[step] - got[step]) <= 1e-5 * abs(want[step]), (step, want, got)
+        assert abs(loss - got[step]) <= 1e-5 * abs(loss), (step, want, got)
     assert os.path.isdir(multi / "sgv")  # one collective export
