@@ -23,7 +23,7 @@ def main(argv=None) -> int:
 
     def run() -> int:
         from sgv_jax.demo.run import run_demo
-        from sgv_jax.train.stop import exit_status
+        from sgv_jax.stop import exit_status
 
         result = run_demo(args.workdir)
         if result.get("stopped_by"):

@@ -35,8 +35,8 @@ def main(argv) -> int:
         from sgv_jax.train import distributed
 
         distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        from sgv_jax.stop import exit_status
         from sgv_jax.train.loop import train
-        from sgv_jax.train.stop import exit_status
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
         result = train(FLAGS.config, FLAGS.workdir)

@@ -61,7 +61,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        default = action.default
+        if (default is not None and default is not False and default is not argparse.SUPPRESS
+                and action.option_strings
                 and "%(default)" not in text and "default" not in text):
             text += " (default: %(default)s)"
         return text
@@ -74,11 +76,14 @@ def split_doc(doc: str) -> tuple[str, str]:
     return textwrap.fill(" ".join(first.split()), 100), rest.rstrip()
 
 
-def parser(doc: str, **kw) -> argparse.ArgumentParser:
+def parser(doc: str, subcommands: bool = False) -> argparse.ArgumentParser:
+    """A command's parser from its docstring. With `subcommands`, `--debug` is left to each
+    subcommand (argparse lets a subcommand's default overwrite the parent's value)."""
     summary, examples = split_doc(doc)
     p = argparse.ArgumentParser(description=summary, epilog=examples,
-                                formatter_class=HelpFormatter, **kw)
-    add_debug(p)
+                                formatter_class=HelpFormatter)
+    if not subcommands:
+        add_debug(p)
     return p
 
 

@@ -1,5 +1,6 @@
-"""Stopping a run cleanly: SIGTERM (a TPU preemption) or Ctrl-C (SIGINT) asks the loop to finish
-its step, save and return; a second Ctrl-C aborts at once.
+"""Stopping a long job cleanly: SIGTERM (a TPU preemption) or Ctrl-C (SIGINT) asks the training
+loop (or the captioning loop) to finish its step (batch), save and return; a second Ctrl-C
+aborts at once.
 
 With several processes every host must leave the loop after the same step: a host that stops
 early leaves the others waiting in the next step's collectives. `AgreedStop` therefore reduces
@@ -32,9 +33,10 @@ def exit_status(signum: int) -> int:
 class StopRequest:
     """Catches SIGTERM and SIGINT while installed; `signum` is the first one seen (0: none)."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, finishing: str = "finishing this step and saving"):
         self.signum = 0
         self._announce = announce
+        self._finishing = finishing
         self._previous = {}
         if threading.current_thread() is threading.main_thread():  # signals need the main thread
             self._previous = {s: signal.signal(s, self._handle) for s in SIGNALS}
@@ -44,8 +46,8 @@ class StopRequest:
             raise KeyboardInterrupt  # the second Ctrl-C: abort without saving
         self.signum = self.signum or signum
         if self._announce:
-            print(f"\n{signal_name(signum)}: finishing this step and saving "
-                  "(Ctrl-C again aborts without saving)", file=sys.stderr, flush=True)
+            print(f"\n{signal_name(signum)}: {self._finishing} (Ctrl-C again aborts without "
+                  "saving)", file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         for s, handler in self._previous.items():
