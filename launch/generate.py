@@ -88,6 +88,9 @@ def main(argv=None) -> int:
 
 
 def generate(args) -> int:
+    from sgv_jax.model_dir import check_sgv_dir
+
+    check_sgv_dir(args.checkpoint, "checkpoint")  # before the slow imports
     import jax
 
     from sgv_jax.generation import captioning, chat

@@ -1,4 +1,5 @@
-r"""Does a config fit, and how long will a step take? Compiles the real train step for a mesh of (simulated) devices on this machine; nothing is allocated.
+r"""Does a config fit, and how long will a step take? Compiles the real train step for a mesh of
+(simulated) devices on this machine; nothing is allocated.
 
 examples:
   python launch/plan.py --config configs/pretrain.py --mesh fsdp=16 --per-device-batch 16 --chip v5p
@@ -8,8 +9,8 @@ examples:
 Takes the same --config.FIELD=VALUE overrides as launch/train.py. With the TPU compiler
 (`make libtpu`), v4/v5p/v5e plans are compiled exactly as on the pod, remat and fusion included,
 and a step that exceeds HBM is reported as not fitting. Without it the step is compiled by
-XLA:CPU, which ignores remat and overstates temporaries: the memory figures are then an upper
-bound and no fits / does-not-fit verdict is given.
+XLA:CPU, which ignores remat and overstates memory: the figures are then marked as overstated
+and no fits / does-not-fit verdict is given.
 """
 
 import os

@@ -175,6 +175,11 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
     if problem is None:
         try:
             return flags.FLAGS(argv)
+        except SystemExit:
+            # absl exits 1 after printing --help; asking for help is not an error.
+            if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+                sys.exit(0)
+            raise
         except flags.Error as e:
             problem = str(e)
         except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:

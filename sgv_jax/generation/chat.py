@@ -47,9 +47,9 @@ def chat_loop(generator: Generator, image_path: str | None = None,
     read, write = read or input, write or print
     image = generator.preprocess(read_image(image_path)) if image_path else None
     about = f" about {image_path}" if image_path else " (no image)"
-    write(f"Chat{about}. Type a message and press Enter; 'exit', Ctrl-D or Ctrl-C quits.")
     turns: list[str] = []
     try:
+        write(f"Chat{about}. Type a message and press Enter; 'exit', Ctrl-D or Ctrl-C quits.")
         while True:
             try:
                 question = read("USER: ").strip()
