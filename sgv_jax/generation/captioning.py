@@ -143,9 +143,9 @@ def check_same_prompt(out: str, done: dict[str, str], recorded_prompt: str) -> N
     silently write nothing: refuse, naming both prompts."""
     other = next((p for p in done.values() if p != recorded_prompt), None)
     if other is not None:
-        raise ValueError(f"{out} already holds captions made with the prompt {other!r}, not "
-                         f"{recorded_prompt!r}; resume with that --prompt (and the same "
-                         "--as-records choice), or write to another --out")
+        raise ValueError(f"{out} already holds captions made with another prompt ({other!r}; "
+                         f"this run: {recorded_prompt!r}); resume with the same --prompt and "
+                         "--as-records choice, or write to another --out")
 
 
 def output_record(item: CaptionItem, user_prompt: str, caption: str, as_records: bool) -> dict:
