@@ -30,8 +30,8 @@ QUESTIONS = {
 }
 IMAGE_SIZE = 32
 SPLITS = {"train": 3000, "eval": 200}
-# The tokenizer's size and the demo model's vocab (the `demo` preset): equal, as LLaMA's 32000,
-# so that export to llava-hf appends `<image>`/`<pad>` after the last token (REFERENCE §1.7).
+# Tokens of the demo tokenizer; the `demo` preset's vocab has 512 rows, so the 12 unused rows
+# after the last token take llava-hf's `<image>` and `<pad>` on export (exporters.py).
 TOKENIZER_VOCAB = 500
 
 

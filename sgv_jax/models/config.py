@@ -141,13 +141,11 @@ PRESETS: dict[str, VLMConfig] = {
         text=TextConfig(vocab_size=128, hidden_size=48, intermediate_size=96, num_layers=2,
                         num_heads=4, num_kv_heads=2, max_position_embeddings=256),
     ),
-    # The demo model: small enough to train both stages on 2 CPU cores in minutes. Its vocab is
-    # the demo tokenizer's 500 tokens, as LLaMA's is its tokenizer's 32000: export to llava-hf
-    # then appends <image>/<pad> and pads to 512 as it does to 32064 (§1.7).
+    # The demo model: small enough to train both stages on 2 CPU cores in minutes.
     "demo": VLMConfig(
         vision=VisionConfig(hidden_size=64, intermediate_size=128, num_layers=4, num_heads=4,
                             patch_size=8, image_size=32),
-        text=TextConfig(vocab_size=500, hidden_size=128, intermediate_size=256, num_layers=4,
+        text=TextConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=4,
                         num_heads=4, num_kv_heads=2, max_position_embeddings=512),
     ),
 }
