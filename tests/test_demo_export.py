@@ -106,6 +106,7 @@ def test_llava_hf_export_answers_in_transformers_as_generate_run(exported, capsy
             out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False,
                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         theirs = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert theirs.strip(), q  # a few steps already answer in words ("bottom right")
         assert theirs.strip() == project_answer(exported["ckpt"], q["question"], image, capsys), q
 
 
