@@ -24,8 +24,12 @@ def main(argv=None) -> int:
     def run() -> int:
         from sgv_jax.demo.run import run_demo
         from sgv_jax.stop import exit_status
+        from sgv_jax.train.loop import NonFiniteLoss
 
-        result = run_demo(args.workdir)
+        try:
+            result = run_demo(args.workdir)
+        except NonFiniteLoss as e:  # expected: the message names the last good checkpoint
+            raise cli.UserError(str(e)) from None
         if result.get("stopped_by"):
             return exit_status(result["stopped_by"])
         print(f"held-out accuracy {result['accuracy']:.1%} (chance 25%); report in "

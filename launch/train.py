@@ -36,10 +36,13 @@ def main(argv) -> int:
 
         distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
         from sgv_jax.stop import exit_status
-        from sgv_jax.train.loop import train
+        from sgv_jax.train.loop import NonFiniteLoss, train
 
         logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-        result = train(FLAGS.config, FLAGS.workdir)
+        try:
+            result = train(FLAGS.config, FLAGS.workdir)
+        except NonFiniteLoss as e:  # expected: the message names the last good checkpoint
+            raise cli.UserError(str(e)) from None
         return exit_status(result["stopped_by"]) if result.get("stopped_by") else 0
 
     return cli.run_guarded(run, FLAGS.debug)
