@@ -23,7 +23,8 @@ def base() -> ml_collections.ConfigDict:
     c.data.max_length = 2048
     c.data.worker_count = 4
     c.data.strict = False
-    c.data.demo = False  # generate the embedded synthetic dataset into WORKDIR/../demo_data
+    c.data.demo = False  # fill empty data fields with the embedded synthetic dataset
+    c.data.demo_dir = ""  # where the demo data is generated (once); empty: WORKDIR/demo_data
 
     c.global_batch_size = 256
     c.per_device_batch_size = 16  # grad accumulation makes up the rest of the global batch

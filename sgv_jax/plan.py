@@ -139,22 +139,28 @@ def report(p: Plan, chip: str, mfu: float) -> str:
     peak, hbm = CHIPS[chip].peak_flops, CHIPS[chip].memory_bytes
     seconds = p.analytic_flops / (peak * mfu * p.devices)
     lines = [
-        f"mesh {p.mesh} = {p.devices} devices; {p.accum_steps} micro-batch(es) of {p.micro_batch}"
-        f" samples; {p.tokens_per_step:,} tokens/step",
+        (f"mesh {p.mesh} = {p.devices} devices; {p.accum_steps} micro-batch(es) of "
+         f"{p.micro_batch} samples; {p.tokens_per_step:,} tokens/step"),
         f"parameters: {p.params:,} ({p.trainable_params:,} trainable)",
         "per-device memory:",
         f"  parameters (fp32 master, sharded):   {p.param_bytes / gb:8.2f} GB",
         f"  optimizer state (Adam mu, nu):       {p.opt_bytes / gb:8.2f} GB",
         f"  gradients (inside temporaries):      {p.grad_bytes / gb:8.2f} GB",
-        f"  temporaries (activations, gathers):  {p.temp_bytes / gb:8.2f} GB",
-        f"FLOPs/step (all devices): model {p.analytic_flops:.3e} (6·N·tokens for trained "
-        f"weights, 2·N·tokens for frozen ones); XLA's cost analysis counts each scanned loop "
-        f"body once: {p.compiled_flops * p.devices:.3e}",
-        f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
-        f"({p.tokens_per_step / seconds:,.0f} tokens/s)",
+        f"  temporaries (activations, gathers):  {p.temp_bytes / gb:8.2f} GB"
+        + ("" if p.compiled_for_tpu else "  (XLA:CPU: an overstatement)"),
+        (f"FLOPs/step (all devices): model {p.analytic_flops:.3e} (6·N·tokens for trained "
+         f"weights, 2·N·tokens for frozen ones); XLA's cost analysis counts each scanned loop "
+         f"body once: {p.compiled_flops * p.devices:.3e}"),
+        (f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
+         f"({p.tokens_per_step / seconds:,.0f} tokens/s)"),
         (f"fits {chip}: yes (XLA's TPU compiler accepted the program; it refuses one that "
          f"exceeds HBM)" if p.compiled_for_tpu else
-         f"fits {chip} ({hbm / 2**30:.0f} GiB HBM): {'yes' if p.total_bytes <= hbm else 'NO'}"),
-        f"per-device total: {p.total_bytes / gb:.2f} GB",
+         f"fits {chip} ({hbm / 2**30:.0f} GiB HBM): not judged. XLA:CPU compiled this plan; "
+         "it ignores remat and overstates memory\n  (several-fold for a 7B step), so no verdict "
+         "is drawn from it. "
+         + ("`make libtpu` installs the TPU compiler for exact figures and a verdict."
+            if CHIPS[chip].torus else "Plan on a GPU machine for exact figures.")),
+        f"per-device total: {p.total_bytes / gb:.2f} GB"
+        + ("" if p.compiled_for_tpu else " (XLA:CPU, overstated)"),
     ]
     return "\n".join(lines)

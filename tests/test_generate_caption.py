@@ -3,6 +3,7 @@ mid-write), unreadable images reported and skipped, host shards, training-ready 
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -74,6 +75,40 @@ def test_crash_mid_run_then_resume_loses_and_duplicates_nothing(gen, image_dir, 
     assert len(summary.corrupt) == 1 and "img_003" in summary.corrupt[0]
     ids = [r["id"] for r in lines(out)]
     assert sorted(ids) == sorted(set(ids)) == good_ids(items)
+
+
+def test_ctrl_c_writes_the_batch_in_flight_then_stops_and_the_rerun_continues(
+        gen, image_dir, tmp_path, monkeypatch):
+    items = captioning.items_from_dir(image_dir)
+    out = str(tmp_path / "out.jsonl")
+    real, calls = gen.complete, []
+
+    def ctrl_c_during_second_batch(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # handled between bytecodes, mid-batch
+        return real(*args, **kw)
+
+    monkeypatch.setattr(gen, "complete", ctrl_c_during_second_batch)
+    summary = run(gen, items, out)
+    assert summary.stopped_by == signal.SIGINT and summary.written == 4 and len(calls) == 2
+    assert len(lines(out)) == 4  # the interrupted batch was still written whole
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    monkeypatch.setattr(gen, "complete", real)
+    summary = run(gen, items, out)
+    assert summary.already_done == 4 and summary.written == 2 and not summary.stopped_by
+    assert sorted(r["id"] for r in lines(out)) == good_ids(items)
+
+
+def test_resuming_with_another_prompt_is_refused(gen, image_dir, tmp_path):
+    items = captioning.items_from_dir(image_dir)[:2]
+    out = str(tmp_path / "out.jsonl")
+    run(gen, items, out, user_prompt="Describe it.")
+    with pytest.raises(ValueError, match="'Describe it.'; this run: 'Name it.'"):
+        run(gen, items, out, user_prompt="Name it.")
+    with pytest.raises(ValueError, match="another prompt"):  # records record it differently
+        run(gen, items, out, user_prompt="Describe it.", as_records=True)
+    assert run(gen, items, out, user_prompt="Describe it.").already_done == 2
 
 
 def test_line_cut_by_a_kill_is_captioned_again(gen, image_dir, tmp_path):

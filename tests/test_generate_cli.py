@@ -82,7 +82,8 @@ def test_chat_renders_the_vicuna_v1_conversation(monkeypatch):
     said = []
     turns = chat.chat_loop(gen, "img.png", read=lambda _: next(questions), write=said.append)
     assert turns == ["What is it?", "answer 1", "And the colour?", "answer 2"]
-    assert said == ["ASSISTANT: answer 1", "ASSISTANT: answer 2"]
+    assert said[0].startswith("Chat about img.png.") and "'exit', Ctrl-D or Ctrl-C quits" in said[0]
+    assert said[1:] == ["ASSISTANT: answer 1", "ASSISTANT: answer 2"]
     assert gen.prompts[1] == (templates.VICUNA_V1.system + " USER: <image>\nWhat is it? "
                               "ASSISTANT: answer 1</s>USER: And the colour? ASSISTANT:")
 

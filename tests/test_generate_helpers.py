@@ -16,10 +16,10 @@ from tests.test_data_helpers import tiny_tokenizer_path, write_hf_dir, write_ima
 TOKENIZER_VOCAB = 400  # test_data_helpers.train_tokenizer's default
 
 
-def tiny_cfg():
+def tiny_cfg(vocab_size: int = TOKENIZER_VOCAB):
     """The `tiny` preset with a vocabulary that covers the test tokenizer."""
     cfg = get_preset("tiny")
-    return cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=TOKENIZER_VOCAB))
+    return cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=vocab_size))
 
 
 def tokenizer_dir(folder: str) -> str:
@@ -32,10 +32,10 @@ def tiny_generator(seed: int = 0, **kwargs) -> Generator:
     return Generator.from_params(cfg, params, load_tokenizer(tiny_tokenizer_path()), **kwargs)
 
 
-def write_checkpoint(folder: str, seed: int = 0) -> str:
+def write_checkpoint(folder: str, seed: int = 0, vocab_size: int = TOKENIZER_VOCAB) -> str:
     from sgv_jax.checkpoint_sgv import save_sgv
 
-    cfg = tiny_cfg()
+    cfg = tiny_cfg(vocab_size)
     params = llava.init(cfg, jax.random.key(seed))
     return save_sgv(os.path.join(folder, "ckpt"), cfg, params, tokenizer_dir=tokenizer_dir(folder))
 

@@ -1,5 +1,7 @@
 """The planner compiles the real train step on abstract shapes and reports what it finds."""
 
+import dataclasses
+
 from sgv_jax import plan
 from sgv_jax.models.config import get_preset
 from sgv_jax.train.config_file import load_config_file
@@ -11,7 +13,7 @@ def test_plan_reports_memory_and_flops_for_a_sharded_step():
         config.mesh.fsdp, config.per_device_batch_size, config.global_batch_size = 2, 4, 16
         config.data.max_length = 32
     cfg = get_preset("demo")
-    result, compiled = plan.plan(config, cfg)
+    result, _ = plan.plan(config, cfg)
     assert result.devices == 2 and result.accum_steps == 2 and result.micro_batch == 8
     # fp32 master weights split over fsdp=2: half the parameter bytes per device (up to
     # the few replicated norm vectors).
@@ -24,3 +26,17 @@ def test_plan_reports_memory_and_flops_for_a_sharded_step():
     assert result.compiled_flops > 0
     text = plan.report(result, "v5p", 0.4)
     assert text.splitlines()[-1].startswith("per-device total: ")
+
+
+def test_a_cpu_compiled_plan_gives_no_fit_verdict_and_names_make_libtpu():
+    """XLA:CPU ignores remat: its memory is reported as overstated, never as fits / NO."""
+    result = plan.Plan(devices=4, mesh={"data": 1, "fsdp": 4, "tensor": 1}, accum_steps=1,
+                       micro_batch=16, tokens_per_step=4096, params=7_000_000_000,
+                       trainable_params=7_000_000_000, param_bytes=7 * 2**30, opt_bytes=14 * 2**30,
+                       grad_bytes=7 * 2**30, temp_bytes=400 * 2**30, total_bytes=421 * 2**30,
+                       compiled_flops=1e15, compiled_for_tpu=False, analytic_flops=4e15)
+    text = plan.report(result, "v4", 0.4)
+    assert "not judged" in text and "ignores remat" in text and "`make libtpu`" in text
+    assert ": NO" not in text and ": yes" not in text
+    assert plan.report(dataclasses.replace(result, compiled_for_tpu=True), "v4", 0.4).count(
+        "fits v4: yes") == 1

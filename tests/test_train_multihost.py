@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from sgv_jax.train.metrics import read_metrics
+from tests.train_helpers import DEMO_DATA
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -25,7 +26,7 @@ def command(workdir, extra=()):
             "--config", os.path.join(REPO, "configs", "pretrain.py") + ":demo",
             "--workdir", str(workdir), f"--config.max_steps={STEPS}", "--config.log_every=1",
             "--config.mesh.data=2", "--config.mesh.fsdp=4", "--config.per_device_batch_size=4",
-            "--config.eval_every=1000", *extra]
+            "--config.eval_every=1000", f"--config.data.demo_dir={DEMO_DATA}", *extra]
 
 
 def env(devices):
@@ -55,7 +56,7 @@ def test_two_processes_match_one_process_on_eight_devices(tmp_path):
     want = {r["step"]: r["loss"] for r in read_metrics(str(single)) if "loss" in r}
     got = {r["step"]: r["loss"] for r in read_metrics(str(multi)) if "loss" in r}
     assert sorted(want) == list(range(1, STEPS + 1)) and want.keys() == got.keys()
-    for step in want:
+    for step, loss in want.items():
         # Same samples per global batch, gathered in another order: equal up to summation order.
-        assert abs(want[step] - got[step]) <= 1e-5 * abs(want[step]), (step, want, got)
+        assert abs(loss - got[step]) <= 1e-5 * abs(loss), (step, want, got)
     assert os.path.isdir(multi / "sgv")  # one collective export

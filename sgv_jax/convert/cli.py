@@ -42,8 +42,16 @@ def run(args: argparse.Namespace) -> int:
     from sgv_jax.convert.state_dict import ConversionError
 
     progress = not args.quiet
+    if args.quiet:  # e.g. transformers' note that torchvision is absent (the PIL backend is used)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
     shard_bytes = int(args.max_shard_gb * (1 << 30))
     try:
+        if args.src_format == "sgv":
+            from sgv_jax.model_dir import check_sgv_dir
+
+            check_sgv_dir(args.src, "--src")
         if args.dst_format == "sgv":
             if args.src_format == "llava-hf":
                 source = importers.read_llava_hf(args.src)

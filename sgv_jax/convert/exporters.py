@@ -21,6 +21,7 @@ from sgv_jax.convert.hf_config import original_from_vlm, vision_to_hf, vlm_to_ll
 from sgv_jax.convert.hf_files import (
     copy_tokenizer_for_original,
     image_processor_config,
+    tokenizer_size,
     write_llava_hf_processor,
 )
 from sgv_jax.convert.safetensors_out import ShardedWriter
@@ -96,18 +97,26 @@ def export_llava_hf(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BY
                     seed: int = 0, progress: bool = True) -> list[str]:
     """A `LlavaForConditionalGeneration` directory (old on-disk layout, as the published llava-hf
     files). A model whose images use -200 (not a vocab id) gets llava-hf's `<image>`/`<pad>`
-    tokens and a vocab padded to a multiple of 64 (§1.7). Returns notes for the user."""
+    tokens: after the tokenizer's last token, in a vocab padded to a multiple of 64 (§1.7), or,
+    when the vocab already has two unused rows after the tokenizer's tokens (a padded vocab, as
+    the demo's 500 tokens in 512 rows), in those rows. Returns notes for the user."""
     meta = read_sgv_config(ckpt)
     cfg = VLMConfig.from_dict(meta["model"])
     index = read_param_index(ckpt)
     vocab = cfg.text.vocab_size
-    grow = not 0 <= cfg.image_token_id < vocab
-    if grow:
+    add_tokens = not 0 <= cfg.image_token_id < vocab
+    tokens = tokenizer_size(_tok_dir(ckpt)) if add_tokens else None
+    if add_tokens and tokens is not None and tokens + 2 <= vocab:
+        image_id, pad_id, new_vocab = tokens, tokens + 1, vocab  # rows no token id ever used
+    elif add_tokens:
         image_id, pad_id, new_vocab = formats.padded_vocab(vocab)
+    else:
+        image_id, pad_id, new_vocab = cfg.image_token_id, None, vocab
+    grow = new_vocab > vocab
+    if add_tokens:
         text = dataclasses.replace(cfg.text, vocab_size=new_vocab, pad_token_id=pad_id)
         hf_cfg = vlm_to_llava_hf(cfg.replace(text=text, image_token_id=image_id), image_id)
     else:
-        image_id, pad_id, new_vocab = cfg.image_token_id, None, vocab
         hf_cfg = vlm_to_llava_hf(cfg, image_id)
     hf_cfg["dtype"] = _dtype_of(index)
     if pad_id is not None:
@@ -126,10 +135,14 @@ def export_llava_hf(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BY
     _stream_out(ckpt, [("weights", table, writer)], fix, progress)
     with open(os.path.join(partial, "config.json"), "w") as f:
         json.dump(hf_cfg, f, indent=2)
-    notes = write_llava_hf_processor(_tok_dir(ckpt), partial, cfg, image_id, pad_id, grow)
+    notes = write_llava_hf_processor(_tok_dir(ckpt), partial, cfg, image_id, pad_id, add_tokens)
     if grow:
         notes.append(f"images used id {cfg.image_token_id}: added <image>={image_id}, "
                      f"<pad>={pad_id}, vocab {vocab} → {new_vocab}")
+    elif add_tokens:
+        notes.append(f"images used id {cfg.image_token_id}: added <image>={image_id}, "
+                     f"<pad>={pad_id} in unused rows (the tokenizer has {tokens} tokens, the "
+                     f"vocab {vocab} rows; vocab unchanged)")
     os.replace(partial, dst)  # only a complete export gets the real name
     return notes
 

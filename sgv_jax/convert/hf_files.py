@@ -28,6 +28,15 @@ def _has_tokenizer(tok_dir: str | None) -> bool:
                                  for n in ("tokenizer.json", "tokenizer.model"))
 
 
+def tokenizer_size(tok_dir: str | None) -> int | None:
+    """How many ids the checkpoint's tokenizer uses (None without tokenizer files)."""
+    if not _has_tokenizer(tok_dir):
+        return None
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(tok_dir))
+
+
 def write_llava_hf_processor(tok_dir: str | None, dst: str, cfg: VLMConfig, image_id: int,
                              pad_id: int | None, add_tokens: bool) -> list[str]:
     """Tokenizer (with `<image>`/`<pad>` added when the vocab was padded) + a LlavaProcessor whose
@@ -54,8 +63,9 @@ def write_llava_hf_processor(tok_dir: str | None, dst: str, cfg: VLMConfig, imag
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     if add_tokens:
         if len(tokenizer) != image_id:
-            raise ValueError(f"{tok_dir}: tokenizer has {len(tokenizer)} tokens but the model "
-                             f"vocab is {image_id}; cannot place <image> at id {image_id}")
+            raise ValueError(f"{tok_dir}: tokenizer has {len(tokenizer)} tokens, so <image> would "
+                             f"get id {len(tokenizer)}, not the model's {image_id}; export with "
+                             "the tokenizer the model was trained with")
         tokenizer.add_tokens([AddedToken(DEFAULT_IMAGE_TOKEN, special=True, normalized=False)],
                              special_tokens=True)
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})

@@ -7,6 +7,7 @@ pipeline.load_record_image), so what they show is what the model is fed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import multiprocessing
 from collections.abc import Iterator
 from typing import Any
@@ -90,21 +91,29 @@ class _Checker:
 
 def check_file(data_file: str, image_folder: str, template: str = "v1",
                tokenizer: tokenize.Tokenizer | None = None, workers: int = 0,
-               examples: int = 5) -> dict[str, Any]:
+               examples: int = 5, progress: bool = False) -> dict[str, Any]:
     """Validates every record (and decodes every image): counts per reason plus the first
-    `examples` ids of each. With a tokenizer, the masking arithmetic is checked too."""
+    `examples` ids of each. With a tokenizer, the masking arithmetic is checked too.
+    `progress` shows a bar on stderr (records checked, skips so far)."""
+    from tqdm import tqdm
+
     checker = _Checker(data_file, image_folder, tokenizer, template)
     indices = range(len(checker.source))
     counts: collections.Counter = collections.Counter()
     first_ids: dict[str, list[str]] = collections.defaultdict(list)
-    if workers > 0:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            results = list(pool.imap(checker, indices, chunksize=256))
-    else:
-        results = map(checker, indices)
-    for rid, reason in results:
-        counts[reason] += 1
-        if reason != "ok" and len(first_ids[reason]) < examples:
-            first_ids[reason].append(rid)
+    with contextlib.ExitStack() as stack:
+        if workers > 0:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers))
+            results = pool.imap(checker, indices, chunksize=256)
+        else:
+            results = map(checker, indices)
+        bar = stack.enter_context(tqdm(results, total=len(indices), unit="record", desc="check",
+                                       disable=not progress, mininterval=1.0))
+        for rid, reason in bar:
+            counts[reason] += 1
+            if reason != "ok":
+                bar.set_postfix(skipped=sum(counts.values()) - counts["ok"], refresh=False)
+                if len(first_ids[reason]) < examples:
+                    first_ids[reason].append(rid)
     return {"file": data_file, "records": len(indices), "ok": counts.pop("ok", 0),
             "skipped": dict(counts), "first_ids": dict(first_ids)}

@@ -113,21 +113,25 @@ def build_index(data_file: str, index_dir: str | None = None) -> str:
     meta = _read_meta(path)
     if all(meta.get(k) == v for k, v in stamp.items()):
         return path
+    first = _first_byte(data_file)
+    if first not in (b"[", b"{", b""):
+        raise ValueError(f"{data_file}: expected a JSON list or JSONL records, starts with {first!r}")
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    first = _first_byte(data_file)
-    if first == b"[":
-        fmt = "json"
-        spans = _index_json_list(data_file, os.path.join(tmp, "records.bin"))
-    elif first in (b"{", b""):
-        fmt = "jsonl"
-        spans = _index_jsonl(data_file)
-    else:
-        raise ValueError(f"{data_file}: expected a JSON list or JSONL records, starts with {first!r}")
-    np.save(os.path.join(tmp, "spans.npy"), spans)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump({**stamp, "format": fmt, "count": len(spans)}, f)
+    try:
+        if first == b"[":
+            fmt = "json"
+            spans = _index_json_list(data_file, os.path.join(tmp, "records.bin"))
+        else:
+            fmt = "jsonl"
+            spans = _index_jsonl(data_file)
+        np.save(os.path.join(tmp, "spans.npy"), spans)
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump({**stamp, "format": fmt, "count": len(spans)}, f)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a malformed file (or Ctrl-C) leaves nothing
+        raise
     # Publish atomically; hosts racing on a shared folder all write the same content.
     shutil.rmtree(path, ignore_errors=True)
     try:

@@ -12,6 +12,7 @@ as JSONL.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import glob
 import json
@@ -28,6 +29,7 @@ from sgv_jax.data.validate import record_id_of
 from sgv_jax.generation import prompts
 from sgv_jax.generation.generator import Generator
 from sgv_jax.generation.sampling import GREEDY, SamplingConfig
+from sgv_jax.stop import StopRequest, signal_name
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # ShareCaptioner's instruction (§4.7).
@@ -46,6 +48,7 @@ class CaptionSummary:
     written: int = 0
     already_done: int = 0
     corrupt: list[str] = dataclasses.field(default_factory=list)  # "id: path: reason"
+    stopped_by: int = 0  # the signal (SIGTERM, SIGINT) that ended the job early
 
 
 def items_from_dir(folder: str) -> list[CaptionItem]:
@@ -114,18 +117,35 @@ def drop_partial_line(path: str) -> None:
 
 def done_ids(out: str) -> set[str]:
     """Ids already captioned in `out` and in every host's part of it."""
-    ids = set()
+    return set(done_prompts(out))
+
+
+def done_prompts(out: str) -> dict[str, str]:
+    """{id: the prompt it was captioned with} over `out` and every host's part of it; records
+    (`as_records`) show the prompt as the human turn."""
+    done = {}
     for path in output_files(out):
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 if not line.endswith("\n") or not line.strip():
                     continue  # a line cut by a kill: captioned again
                 try:
-                    ids.add(str(json.loads(line)["id"]))
-                except (ValueError, KeyError, TypeError) as e:
+                    row = json.loads(line)
+                    done[str(row["id"])] = prompt_of(row)
+                except (ValueError, KeyError, TypeError, IndexError) as e:
                     raise ValueError(f"{path}:{number}: not a caption line with an id ({e}); "
                                      "fix or remove it to resume") from None
-    return ids
+    return done
+
+
+def check_same_prompt(out: str, done: dict[str, str], recorded_prompt: str) -> None:
+    """Resuming into `out` with another prompt would skip every id done with the first one and
+    silently write nothing: refuse, naming both prompts."""
+    other = next((p for p in done.values() if p != recorded_prompt), None)
+    if other is not None:
+        raise ValueError(f"{out} already holds captions made with another prompt ({other!r}; "
+                         f"this run: {recorded_prompt!r}); resume with the same --prompt and "
+                         "--as-records choice, or write to another --out")
 
 
 def output_record(item: CaptionItem, user_prompt: str, caption: str, as_records: bool) -> dict:
@@ -135,6 +155,11 @@ def output_record(item: CaptionItem, user_prompt: str, caption: str, as_records:
                 "conversations": [{"from": "human", "value": human},
                                   {"from": "gpt", "value": caption}]}
     return {"id": item.id, "image": item.image, "prompt": user_prompt, "caption": caption}
+
+
+def prompt_of(row: dict) -> str:
+    """The prompt a caption line records (see `done_prompts`)."""
+    return row["prompt"] if "prompt" in row else row["conversations"][0]["value"]
 
 
 def _load(generator: Generator, item: CaptionItem):
@@ -151,19 +176,24 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
                   stop_strings: Sequence[str] | None = None, progress: bool = True,
                   report: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
                   loaders: int = 4) -> CaptionSummary:
-    """Captions the items not yet in `out` (this host's file; see `host_output_path`)."""
+    """Captions the items not yet in `out` (this host's file; see `host_output_path`). SIGTERM
+    or Ctrl-C ends the job after the batch in flight is written (`summary.stopped_by`)."""
     stop = prompts.DEFAULT_STOP_STRINGS[template] if stop_strings is None else stop_strings
     prompt_text = prompts.build_prompt(template, user_prompt, has_image=True)
     batch_size = -(-batch_size // generator.batch_multiple) * generator.batch_multiple
     summary = CaptionSummary()
-    finished = done_ids(out)
+    finished = done_prompts(out)
+    recorded = prompt_of(output_record(CaptionItem("", "", ""), user_prompt, "", as_records))
+    check_same_prompt(out, finished, recorded)
     pending = [it for it in items if it.id not in finished]
     summary.already_done = len(items) - len(pending)
     drop_partial_line(out)
     batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(pending), unit="img", desc="caption", disable=not progress)
+    request = StopRequest(finishing="writing the batch in flight, then stopping")
     with concurrent.futures.ThreadPoolExecutor(loaders) as pool, \
-            open(out, "a", encoding="utf-8") as f:
+            open(out, "a", encoding="utf-8") as f, contextlib.ExitStack() as cleanup:
+        cleanup.callback(request.restore)
         submit = lambda batch: [pool.submit(_load, generator, it) for it in batch]
         next_loads = submit(batches[0]) if batches else []
         for b, batch in enumerate(batches):
@@ -186,6 +216,11 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
                 summary.written += len(good)
             bar.update(len(batch))
             bar.set_postfix(corrupt=len(summary.corrupt), refresh=False)
+            if request.signum:
+                summary.stopped_by = request.signum
+                for future in next_loads:
+                    future.cancel()
+                break
     bar.close()
     return summary
 
@@ -206,4 +241,7 @@ def caption_job(generator: Generator, source: str, out: str, *, image_folder: st
                             template=template, **kw)
     print(f"{host_out}: {summary.written} written, {summary.already_done} already done, "
           f"{len(summary.corrupt)} unreadable", file=sys.stderr)
+    if summary.stopped_by:
+        print(f"{signal_name(summary.stopped_by)}: stopped after the last complete batch; re-run "
+              "the same command to caption the rest", file=sys.stderr)
     return summary

@@ -24,6 +24,7 @@ from sgv_jax.data.tokenize import SentencePieceTokenizer, load_tokenizer
 from sgv_jax.generation import prompts
 from sgv_jax.generation.decode import generate_tokens
 from sgv_jax.generation.sampling import GREEDY, SamplingConfig
+from sgv_jax.model_dir import check_sgv_dir
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.llava import cast_floating
@@ -63,7 +64,10 @@ class Generator:
                         bucket: int = 32) -> Generator:
         """An sgv checkpoint directory (`save_sgv`); the tokenizer defaults to its
         `tokenizer/` folder."""
+        check_sgv_dir(path, "checkpoint")
         tokenizer_path = tokenizer or os.path.join(path, "tokenizer")
+        if tokenizer and not os.path.exists(tokenizer):
+            raise FileNotFoundError(f"tokenizer {tokenizer} does not exist")
         if not os.path.exists(tokenizer_path):
             raise FileNotFoundError(f"{path}: no tokenizer/ folder in the checkpoint; pass "
                                     "--tokenizer DIR (a folder with tokenizer.model)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -24,26 +23,13 @@ from sgv_jax.data.batching import COUNTED
 from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
 from sgv_jax.paths import resolve
-from sgv_jax.train import optim, setup
+from sgv_jax.train import optim, preflight, setup
 from sgv_jax.train.metrics import MetricWriter
+from sgv_jax.stop import AgreedStop, StopRequest, signal_name
 
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-class _Preemption:
-    """SIGTERM (TPU preemption) sets a flag; the loop saves and exits at the next step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def initial_state(run: setup.Run, ckpt: TrainCheckpointer):
@@ -85,9 +71,13 @@ def evaluate(run: setup.Run, trainable: dict, frozen: dict) -> dict[str, float]:
 
 
 def train(config, workdir: str) -> dict[str, Any]:
-    """Runs (or resumes) one training stage; returns the last logged metrics."""
+    """Runs (or resumes) one training stage; returns the last logged metrics, with
+    `stopped_by` (the signal number) when SIGTERM or Ctrl-C stopped it early."""
+    preflight.check_run_config(config)  # before any work: a typo fails in a second
     if config.data.demo:
-        setup.resolve_demo_data(config, workdir)
+        from sgv_jax.demo.data import resolve_demo_data
+
+        resolve_demo_data(config, workdir)
     setup.check_config(config)
     if not config.data.tokenizer and config.init_from:
         with config.unlocked():
@@ -95,6 +85,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     num_records = len(RecordFile(config.data.train_file))
     run = setup.plan_run(config, workdir, num_records)
     is_main = jax.process_index() == 0
+    leftovers = preflight.leftover_files(workdir)
     resolve(workdir).mkdir(parents=True, exist_ok=True)
     if is_main:
         (resolve(workdir) / "config.json").write_text(json.dumps(
@@ -116,11 +107,16 @@ def train(config, workdir: str) -> dict[str, Any]:
     writer = MetricWriter(workdir, enabled=is_main)
     start = int(state["step"])
     if is_main:
+        if start == 0 and leftovers:
+            print(f"{workdir} holds files of an earlier run ({', '.join(leftovers)}) but no "
+                  "checkpoint to resume from: starting from step 0", flush=True)
         print(f"{source}; steps {start}→{run.stop_step} of a {run.total_steps}-step schedule; "
               f"{layout.accum_steps} micro-batch(es) of {layout.micro_batch} per step; "
               f"{flops / 1e9:.2f} GFLOP/step/device; MFU against {peak / 1e9:.0f} GFLOP/s "
               f"({peak_source})", flush=True)
-    preempt = _Preemption()
+    stop_request = StopRequest(announce=is_main)
+    agreed = AgreedStop(stop_request)
+    stopped_by = 0  # the signal all hosts agreed to stop on
     bar = tqdm(total=run.stop_step, initial=start, disable=not is_main, dynamic_ncols=True)
     pending: list[Any] = []  # device scalars since the last check (no host sync per step)
     last: dict[str, Any] = {}
@@ -128,15 +124,16 @@ def train(config, workdir: str) -> dict[str, Any]:
     last_saved = start if start else None
     t0 = time.perf_counter()
     try:
-        while step < run.stop_step and not preempt.requested:
+        while step < run.stop_step and not stopped_by:
             state, metrics = compiled(state, frozen, batch)
             step += 1
             pending.append(metrics)
+            stopped_by = agreed.after_step()
             data_state = data.get_state()  # before prefetching the next step's batch
             if step < run.stop_step:
                 batch = layout.global_batch(next(data), accumulated=True)
             due_ckpt = step % config.checkpoint_every == 0 or step == run.stop_step
-            if step % config.log_every == 0 or due_ckpt or preempt.requested:
+            if step % config.log_every == 0 or due_ckpt or stopped_by:
                 host = jax.device_get(pending)
                 pending = []
                 losses = [float(m["loss"]) for m in host]
@@ -162,26 +159,30 @@ def train(config, workdir: str) -> dict[str, Any]:
                 writer.write(step, ev)
                 last.update(ev)
                 bar.write(f"step {step}: eval loss {ev['eval_loss']:.4f}")
-            if due_ckpt or preempt.requested:
+            if due_ckpt or stopped_by:
                 ckpt.save(step, state, data_state)
                 last_saved = step
             bar.update(1)
     finally:
         bar.close()
-        preempt.restore()
+        stop_request.restore()
         writer.close()
         data.close()
-    if preempt.requested:
-        print(f"SIGTERM: saved step {step} to {ckpt.directory}; re-run the same command to "
-              "resume", flush=True)
+    if stopped_by:
+        if is_main:
+            print(f"{signal_name(stopped_by)}: saved step {step} to {ckpt.directory}; re-run the "
+                  f"same command to resume from step {step}", flush=True)
         ckpt.close()
-        return {**last, "step": step, "preempted": True}
+        return {**last, "step": step, "stopped_by": stopped_by}
     skipped = data.skip_counts()
     if any(skipped[k] for k in COUNTED):
         print(f"skipped records: {skipped}", flush=True)
     exported = (resolve(workdir) / "sgv" / "config.json").exists()
     if step >= run.stop_step and (step > start or not exported):
         export_final(run, state, frozen, workdir)
+        if is_main:
+            print(f"exported the model to {resolve(workdir) / 'sgv'} (the next stage's "
+                  "init_from; launch/generate.py --checkpoint)", flush=True)
     ckpt.close()
     return {**last, "step": step}
 

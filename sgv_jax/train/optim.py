@@ -48,10 +48,6 @@ class TrainableSet:
         return num_blocks if self.vit_from_layer < 0 else min(self.vit_from_layer, num_blocks)
 
 
-def check_modules(trainable_modules: Sequence[str]) -> None:
-    TrainableSet(tuple(trainable_modules))
-
-
 def split_trainable(params: dict, trainable: TrainableSet) -> tuple[dict, dict]:
     """(trainable, frozen) nested dicts that together hold every parameter exactly once; a
     stacked CLIP leaf split at the boundary appears in both, blocks [0, k) frozen and [k, n)

@@ -4,7 +4,6 @@ initial (or restored) state — resolved from a run config and a workdir."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -28,30 +27,6 @@ class Run:
     @property
     def model(self) -> VLMConfig:
         return self.layout.model
-
-
-def resolve_demo_data(config, workdir: str) -> None:
-    """Fill empty data fields of a demo config with the generated synthetic dataset."""
-    from sgv_jax.data import demo
-
-    stage = "pretrain" if config.data.template == "plain" else "finetune"
-    demo_dir = os.path.join(os.path.dirname(os.path.abspath(workdir)), "demo_data")
-    if jax.process_index() == 0:
-        from sgv_jax.data.records import build_index
-
-        generated = demo.generate(demo_dir, seed=0)
-        for name in ("pretrain_train", "pretrain_eval", "finetune_train", "finetune_eval"):
-            build_index(generated[name])  # once, before other hosts open the files
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("demo_data")
-    paths = demo.generate(demo_dir, seed=0)
-    with config.unlocked():
-        config.data.train_file = config.data.train_file or paths[f"{stage}_train"]
-        config.data.eval_file = config.data.eval_file or paths[f"{stage}_eval"]
-        config.data.image_folder = config.data.image_folder or paths["image_folder"]
-        config.data.tokenizer = config.data.tokenizer or paths["tokenizer"]
 
 
 def check_config(config) -> None:

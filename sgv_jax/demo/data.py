@@ -12,10 +12,12 @@ import json
 import os
 import random
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sgv_jax.data.templates import VICUNA_V1
+from sgv_jax.paths import local_mirror
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
           "yellow": (230, 210, 40)}
@@ -28,6 +30,9 @@ QUESTIONS = {
 }
 IMAGE_SIZE = 32
 SPLITS = {"train": 3000, "eval": 200}
+# Tokens of the demo tokenizer; the `demo` preset's vocab has 512 rows, so the 12 unused rows
+# after the last token take llava-hf's `<image>` and `<pad>` on export (exporters.py).
+TOKENIZER_VOCAB = 500
 
 
 def draw(color: str, shape: str, position: str, rng: random.Random) -> Image.Image:
@@ -118,10 +123,33 @@ def train_tokenizer(out_dir: str) -> None:
         f.write("\n".join(lines * 4) + "\n")
     spm.SentencePieceTrainer.train(
         input=corpus, model_prefix=os.path.join(out_dir, "tokenizer"), model_type="bpe",
-        vocab_size=500, hard_vocab_limit=False, byte_fallback=True,
+        vocab_size=TOKENIZER_VOCAB, hard_vocab_limit=True, byte_fallback=True,
         normalization_rule_name="identity", remove_extra_whitespaces=False,
         add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2)
     os.remove(corpus)
     with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
         json.dump({"legacy": True, "add_bos_token": True, "add_eos_token": False}, f)
+
+
+def resolve_demo_data(config, workdir: str) -> None:
+    """Fill the empty data fields of a demo config with the synthetic dataset, generated once
+    into `data.demo_dir` (default WORKDIR/demo_data)."""
+    stage = "pretrain" if config.data.template == "plain" else "finetune"
+    demo_dir = config.data.demo_dir or local_mirror(workdir, "demo_data")
+    if jax.process_index() == 0:
+        from sgv_jax.data.records import build_index
+
+        generated = generate(demo_dir, seed=0)
+        for name in ("pretrain_train", "pretrain_eval", "finetune_train", "finetune_eval"):
+            build_index(generated[name])  # once, before other hosts open the files
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("demo_data")
+    paths = generate(demo_dir, seed=0)
+    with config.unlocked():
+        config.data.train_file = config.data.train_file or paths[f"{stage}_train"]
+        config.data.eval_file = config.data.eval_file or paths[f"{stage}_eval"]
+        config.data.image_folder = config.data.image_folder or paths["image_folder"]
+        config.data.tokenizer = config.data.tokenizer or paths["tokenizer"]
