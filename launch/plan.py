@@ -27,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(REPO, ".libtpu")):
     sys.path.append(os.path.join(REPO, ".libtpu"))
 
-CHIPS = ["v5p", "v4", "v5e", "a100", "h100"]
+CHIPS = ["v5p", "v4", "v5e", "v6e", "a100", "h100", "h200"]  # sgv_jax/chips.py (not imported: jax must start after XLA_FLAGS)
 config_flags.DEFINE_config_file("config", None, "Run config file[:variant].", lock_config=True)
 flags.DEFINE_string("mesh", "fsdp=16", "Mesh axes, e.g. fsdp=16 or data=2,fsdp=8,tensor=2.")
 flags.DEFINE_integer("per-device-batch", None, "Shorthand for --config.per_device_batch_size.")
