@@ -109,7 +109,7 @@ def main() -> None:
     tokenizer = load_tokenizer(tiny_tokenizer_path())
     model, hf_config = build_hf_model(args.layers)
     cfg, params = from_llava_hf_state_dict(model.state_dict(), hf_config.to_dict())
-    generator = Generator.from_params(cfg, params, tokenizer, mesh=local_mesh(), bucket=64)
+    generator = Generator.from_params(cfg, params, tokenizer, mesh=local_mesh())
 
     start = time.perf_counter()
     want = hf_answers(model, tokenizer, items, cfg, args.new_tokens)
