@@ -43,3 +43,21 @@ def write_demo_benchmark(answers_file: str, image_folder: str, out_dir: str) -> 
     with open(os.path.join(out_dir, bench.score_files[0]), "w", encoding="utf-8") as f:
         json.dump(questions, f)
     return out_dir
+
+
+def evaluate_demo(checkpoint: str, data_dir: str, out_dir: str, *, batch_size: int = 50,
+                  max_new_tokens: int | None = None) -> dict:
+    """The demo's last step: its held-out questions (`data_dir/eval_answers.jsonl`) written as
+    a GQA benchmark under `out_dir/gqa/`, answered by `checkpoint` (an sgv export) through
+    `run`, scored through `score`. Returns the score summary (headline = accuracy in %)."""
+    from sgv_jax.eval.runner import run_benchmark
+    from sgv_jax.eval.scoring import score_benchmark
+    from sgv_jax.generation.generator import Generator, local_mesh
+
+    bench_dir = write_demo_benchmark(os.path.join(data_dir, "eval_answers.jsonl"), data_dir,
+                                     os.path.join(out_dir, "gqa"))
+    answers = os.path.join(out_dir, "gqa_answers.jsonl")
+    generator = Generator.from_checkpoint(checkpoint, mesh=local_mesh())
+    run_benchmark(generator, get_benchmark("gqa"), bench_dir, answers, model_id="demo",
+                  batch_size=batch_size, max_new_tokens=max_new_tokens, shard=(0, 1))
+    return score_benchmark("gqa", bench_dir, answers)
