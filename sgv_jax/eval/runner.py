@@ -41,7 +41,13 @@ class RunSummary:
 
 
 def _pixels(processor: ImageProcessor, item: Item):
-    return None if item.image is None else processor(load_image(item.image))
+    if item.image is None:
+        return None
+    try:
+        return processor(load_image(item.image))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"question {item.question_id!r}: image {item.image} not found; "
+                                "check --data and the benchmark's image folder") from None
 
 
 def answer_items(generator: Generator, items: Sequence[Item], out: str, *, conv_mode: str,
