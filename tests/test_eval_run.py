@@ -299,3 +299,17 @@ def test_resume_drops_a_cut_line_and_never_duplicates(tmp_path, generator, pope_
     ids = [r["question_id"] for r in answers.read_answers(out)]
     assert ids == [it.question_id for it in pope_items]
     assert np.all(np.diff(ids) > 0)
+
+
+def test_missing_image_is_named_with_its_question(tmp_path):
+    import types
+
+    data = write_pope(str(tmp_path), 2)
+    os.remove(os.path.join(data, "val2014", "COCO_val2014_000000000001.jpg"))
+    items = questions.load_items(get_benchmark("pope"), data)
+    no_model = types.SimpleNamespace(cfg=types.SimpleNamespace(vision=types.SimpleNamespace(
+        image_size=21)), batch_multiple=1, complete=lambda *a, **k: pytest.fail("no image"))
+    with pytest.raises(FileNotFoundError, match="question 2: image .*000000000001.jpg"):
+        answer_items(no_model, items, str(tmp_path / "a.jsonl"), conv_mode="vicuna_v1",
+                     max_new_tokens=2, aspect="pad", model_id="m", batch_size=2,
+                     progress=False)
