@@ -7,6 +7,9 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	.venv/bin/pip install -q --upgrade pip
 	.venv/bin/pip install -q -r requirements-dev.txt
 	.venv/bin/pip install -q --no-deps -e .
+	# LLaVA's own scoring scripts, the reference of tests/test_eval_metrics_*.py. --no-deps: its
+	# pins (torch 2.0, transformers 4.36) would replace ours; the scripts need none of them.
+	.venv/bin/pip install -q --no-deps llava-torch==1.2.2.post1
 	touch $(VENV_STAMP)
 
 # Optional: the TPU compiler for launch/plan.py (exact TPU memory/FLOPs without a TPU).
