@@ -63,13 +63,24 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype) -> dict:
-    """Preallocated KV cache: fixed shapes so decoding compiles once."""
+def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool = False) -> dict:
+    """Preallocated KV cache: fixed shapes so decoding compiles once. The write `index` is one
+    scalar for the whole (left-padded) batch, or with `per_slot` an int32 [B] so that each row
+    (a continuous-batching slot) writes at its own position."""
     shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
     layers = {str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
               for i in range(cfg.num_layers)}
-    return {"layers": layers, "mask": jnp.zeros((batch, max_len), jnp.bool_),
-            "index": jnp.zeros((), jnp.int32)}
+    index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
+    return {"layers": layers, "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
+
+
+def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """Writes new [B, T, ...] into cache [B, S, ...] at slot `index`: a scalar (every row at
+    the same slot) or an int32 [B] (row b at index[b], a scatter)."""
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=1)
+    return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(
+        cache, new, index)
 
 
 def decoder_block(p: dict, cfg: TextConfig, x: jax.Array, positions: jax.Array,
@@ -83,8 +94,8 @@ def decoder_block(p: dict, cfg: TextConfig, x: jax.Array, positions: jax.Array,
     k = rope(dense(y, a["k_proj"]).reshape(b, t, k_heads, h), positions, cfg.rope_theta)
     v = dense(y, a["v_proj"]).reshape(b, t, k_heads, h)
     if kv is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(kv["k"], k.astype(kv["k"].dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(kv["v"], v.astype(kv["v"].dtype), index, axis=1)
+        k = write_cache(kv["k"], k.astype(kv["k"].dtype), index)
+        v = write_cache(kv["v"], v.astype(kv["v"].dtype), index)
         kv = {"k": k, "v": v}
     x = x + dense(attention(q, k.astype(q.dtype), v.astype(q.dtype), mask).reshape(b, t, n * h),
                   a["o_proj"])
@@ -102,7 +113,8 @@ def decode(p: dict, cfg: TextConfig, embeds: jax.Array, positions: jax.Array,
 
     embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real token).
     Without a cache, attention is causal over the T inputs. With a cache, the T inputs are
-    written at slots [index, index+T) and attend to every valid earlier slot.
+    written at slots [index, index+T) and attend to every valid earlier slot; `cache["index"]`
+    is a scalar or, per row, an int32 [B] (`init_cache(per_slot=True)`).
     Returns (final-normed hidden [B, T, D], new cache or None).
     """
     b, t, _ = embeds.shape
@@ -112,11 +124,12 @@ def decode(p: dict, cfg: TextConfig, embeds: jax.Array, positions: jax.Array,
         key_mask, key_slot, index = valid, query_slot, None
     else:
         index = cache["index"]
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], valid, index, axis=1)
-        query_slot = index + jnp.arange(t)
+        key_mask = write_cache(cache["mask"], valid, index)
+        query_slot = jnp.expand_dims(index, -1) + jnp.arange(t)  # [T] or, per row, [B, T]
         key_slot = jnp.arange(key_mask.shape[1])
+    query_slot = jnp.broadcast_to(query_slot, (b, t))
     # [B, T, S]: causal by slot, and only keys that hold real tokens.
-    mask = (key_slot[None, None, :] <= query_slot[None, :, None]) & key_mask[:, None, :]
+    mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :]
 
     x = constrain(embeds, ACT)
     block = remat_block(lambda bp, x, kv: decoder_block(bp, cfg, x, positions, mask, kv, index))
