@@ -81,7 +81,7 @@ def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
 def test_seeded_sampling_does_not_depend_on_the_batch(gen):
     engine = Engine(gen, slots=4)
     scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=8)
-    sampled = dict(temperature=1.0, top_p=0.9, seed=1234)
+    sampled = {"temperature": 1.0, "top_p": 0.9, "seed": 1234}
     alone, alone_events = make_job(slot_request(gen, QUESTIONS[0], image(0), **sampled), 12,
                                    ignore_eos=True)
     scheduler.submit(alone)
@@ -107,7 +107,7 @@ def test_one_prefill_per_step_queue_bound_timeout_and_cancel(gen):
     scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=3, clock=lambda: now[0])
     request = slot_request(gen, QUESTIONS[1], None)
     first, first_events = make_job(request, 50, ignore_eos=True)
-    second, second_events = make_job(request, 50, ignore_eos=True)
+    second, _ = make_job(request, 50, ignore_eos=True)
     third, third_events = make_job(request, 50, ignore_eos=True, deadline=5.0)
     for job in (first, second, third):
         scheduler.submit(job)

@@ -6,6 +6,7 @@ import io
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 from PIL import Image
 
 from sgv_jax.data.tokenize import load_tokenizer
@@ -128,7 +129,8 @@ def streamed(tokenizer, ids, stop=()):
 
 def test_multibyte_characters_are_never_sent_in_halves(tokenizer):
     ids = tokenizer.encode("caf\u00e9 \U0001f642 ok")[1:]  # é and 🙂 fall back to UTF-8 bytes
-    assert len(ids) > len("café 🙂 ok".split())  # (it really is byte pieces)
+    pieces = spm.SentencePieceProcessor(model_file=tokenizer.model_file)
+    assert sum(pieces.is_byte(i) for i in ids) == 2 + 4  # (it really is byte pieces)
     pieces, rest, _ = streamed(tokenizer, ids)
     assert all(REPLACEMENT not in p for p in pieces)
     assert "".join(pieces) + rest == "caf\u00e9 \U0001f642 ok"

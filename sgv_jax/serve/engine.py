@@ -130,7 +130,11 @@ class Engine:
         self.generator = generator
         self.cfg = generator.cfg
         self.slots = slots
-        self.context = context or self.cfg.text.max_position_embeddings
+        positions = self.cfg.text.max_position_embeddings
+        if context is not None and not 1 < context <= positions:
+            raise ValueError(f"context {context}: must be in 2..{positions} (the model's "
+                             "max_position_embeddings)")
+        self.context = context or positions
         self.bucket = bucket
         self.static = {"cfg": self.cfg, "dtype": generator.dtype, "top_k": top_k}
         self.reset()
