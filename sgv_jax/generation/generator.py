@@ -86,6 +86,10 @@ class Generator:
             return 1
         return int(np.prod([self.mesh.shape[a] for a in ACTIVATION_RULES["act_batch"]]))
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return (self.tokenizer.eos_id,) if self.tokenizer.eos_id >= 0 else (EOS_ID,)
+
     def preprocess(self, image) -> np.ndarray:
         return self.image_processor(image)
 
@@ -112,7 +116,7 @@ class Generator:
                 if img is not None:
                     pixels[i] = img
             batch["pixel_values"] = pixels
-        eos_ids = (tok.eos_id,) if tok.eos_id >= 0 else (EOS_ID,)
+        eos_ids = self.eos_ids
 
         def stopped(tokens: np.ndarray) -> np.ndarray:
             texts = [prompts.decode_text(tok, prompts.generated_ids(r, eos_ids)[0]) for r in tokens]
@@ -129,13 +133,9 @@ class Generator:
     def _finish(self, row: np.ndarray, eos_ids: tuple[int, ...],
                 stop_strings: Sequence[str]) -> Completion:
         ids, saw_eos = prompts.generated_ids(row, eos_ids)
-        text, stopped = prompts.cut_at_stop(prompts.decode_text(self.tokenizer, ids), stop_strings)
-        if stopped:
-            # Keep the tokens up to the one that completes the stop string.
-            ids = next(ids[:k] for k in range(1, len(ids) + 1) if prompts.cut_at_stop(
-                prompts.decode_text(self.tokenizer, ids[:k]), stop_strings)[1])
+        text, ids, stopped = prompts.final_text(self.tokenizer, ids, stop_strings)
         finish = "stop" if stopped else "eos" if saw_eos else "length"
-        return Completion(text.strip(), ids, finish)
+        return Completion(text, ids, finish)
 
     def _place(self, batch: dict) -> dict:
         if self.mesh is None:

@@ -4,6 +4,7 @@ detokenization and stop strings. Pure functions (numpy), no device work.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -38,13 +39,17 @@ def build_prompt(template: str, text: str, has_image: bool) -> str:
     raise ValueError(f"unknown template {template!r}; expected one of {TEMPLATES}")
 
 
-def render_chat(turns: Sequence[str], has_image: bool) -> str:
+def render_chat(turns: Sequence[str], has_image: bool, system: str | None = None) -> str:
     """vicuna_v1 prompt for a conversation whose turns alternate user/assistant and end with a
-    user turn; the image (if any) leads the first user turn as `preprocess_multimodal` puts it."""
+    user turn; the image (if any) leads the first user turn as `preprocess_multimodal` puts it.
+    `system` replaces the template's system message (`conv.system`, §3.1) when given."""
     turns = list(turns)
     if has_image:
         turns[0] = templates.move_image_token_first(DEFAULT_IMAGE_TOKEN + "\n" + turns[0])
-    return templates.render_v1(turns + [""])  # an empty message renders `ASSISTANT:`
+    template = templates.VICUNA_V1
+    if system is not None:
+        template = dataclasses.replace(template, system=system)
+    return templates.render_v1(turns + [""], template)  # an empty message renders `ASSISTANT:`
 
 
 def encode_prompt(prompt: str, tokenizer: SentencePieceTokenizer, num_image_tokens: int,
@@ -108,3 +113,16 @@ def generated_ids(row: np.ndarray, eos_ids: Sequence[int]) -> tuple[list[int], b
         if t in eos_ids:
             return ids[:i], True
     return ids, False
+
+
+def final_text(tokenizer: SentencePieceTokenizer, ids: Sequence[int],
+               stop_strings: Sequence[str]) -> tuple[str, list[int], bool]:
+    """The answer of generated ids (EOS excluded): (text cut before the earliest stop string and
+    stripped, the ids up to the one that completes the stop string, whether one was found)."""
+    ids = [int(i) for i in ids]
+    text, stopped = cut_at_stop(decode_text(tokenizer, ids), stop_strings)
+    if stopped:
+        # Keep the tokens up to the one that completes the stop string.
+        ids = next(ids[:k] for k in range(1, len(ids) + 1)
+                   if cut_at_stop(decode_text(tokenizer, ids[:k]), stop_strings)[1])
+    return text.strip(), ids, stopped

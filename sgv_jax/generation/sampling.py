@@ -98,3 +98,27 @@ def choose_token(logits: jax.Array, seen: jax.Array | None, cfg: SamplingConfig,
     if cfg.greedy:
         return jnp.argmax(scores, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
+
+
+def choose_tokens_per_row(logits: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                          keys: jax.Array, top_k: int) -> jax.Array:
+    """Next token per row when every row has its own settings (continuous batching: one
+    request per row), as traced arrays so new values never recompile. logits [B, V];
+    temperature, top_p [B]; keys [B] (typed PRNG keys). Rows with temperature 0 take the
+    argmax; the others sample after temperature, top-k (static), top-p, in HF's order. No
+    repetition penalty (the OpenAI API has none)."""
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1)
+    sampling = temperature > 0
+
+    def sample(_):
+        scores = logits / jnp.where(sampling, temperature, 1.0)[:, None]
+        if top_k:
+            scores = apply_top_k(scores, top_k)
+        # HF skips the top-p warper at p = 1 (it would only drop zero-probability tokens).
+        scores = jnp.where((top_p < 1.0)[:, None], apply_top_p(scores, top_p[:, None]), scores)
+        return jax.vmap(jax.random.categorical)(keys, scores)
+
+    # Skip the vocabulary sort entirely while every row decodes greedily.
+    sampled = jax.lax.cond(jnp.any(sampling), sample, lambda _: greedy, None)
+    return jnp.where(sampling, sampled, greedy).astype(jnp.int32)

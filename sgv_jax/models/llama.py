@@ -31,13 +31,15 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype) -> dict:
+def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool = False) -> dict:
     """Preallocated KV cache, stacked over layers like the weights: fixed shapes so decoding
     compiles once. `index` is where the next tokens are written: a scalar (every row at the
-    same slot, prompts left-padded) or an int32 [B] (each row at its own slot)."""
+    same slot, prompts left-padded) or, with `per_slot`, an int32 [B] (each row at its own
+    slot: continuous batching)."""
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": jnp.zeros((), jnp.int32)}
+            "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
 
 
 def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array, layer=None) -> jax.Array:

@@ -1,0 +1,44 @@
+"""Serve a model: OpenAI-compatible chat completions and a web chat, continuously batched.
+
+  python launch/serve.py --checkpoint CKPT [--template v1] [--host 127.0.0.1] [--port 8000]
+      [--max-batch 8] [--max-queue 64] [--request-timeout 600] [--allow-local-images]
+
+POST /v1/chat/completions, GET /v1/models, GET /health; the web chat at http://HOST:PORT/.
+"""
+
+import argparse
+
+from sgv_jax.generation import prompts
+
+
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="sgv checkpoint directory")
+    parser.add_argument("--template", choices=prompts.TEMPLATES,
+                        help="prompt template (default: the checkpoint's, else v1)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-batch", type=int, default=8, help="batch slots decoding together")
+    parser.add_argument("--max-queue", type=int, default=64,
+                        help="requests waiting for a slot; beyond it the server answers 503")
+    parser.add_argument("--request-timeout", type=float, default=600.0, help="seconds")
+    parser.add_argument("--context", type=int, help="tokens per slot (default: the model's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--allow-local-images", action="store_true",
+                        help="accept image_url values that are paths on this machine")
+    parser.add_argument("--no-web-chat", action="store_true", help="API only")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    from sgv_jax.serve.app import serve
+
+    serve(args.checkpoint, template=args.template, host=args.host, port=args.port,
+          max_batch=args.max_batch, max_queue=args.max_queue,
+          request_timeout=args.request_timeout, context=args.context, dtype=args.dtype,
+          allow_local_images=args.allow_local_images, web_chat=not args.no_web_chat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Device side of continuous batching: a fixed set of batch slots sharing one KV cache.
+
+Every slot holds one request. Its cache row has its own write index (`llama.init_cache(...,
+per_slot=True)`), so requests of any prompt length decode side by side and a finished slot
+is refilled while the others keep going. Two jitted programs, both donating the slot state so
+the cache is updated in place:
+
+  prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
+                cache row, and its first token. Compiled once per (bucket, with/without image).
+  decode_step   one token for every slot. Compiled once.
+
+Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
+Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
+same answer whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sgv_jax.generation import prompts
+from sgv_jax.generation.generator import Generator
+from sgv_jax.generation.sampling import choose_tokens_per_row
+from sgv_jax.models import llama, llava
+from sgv_jax.models.config import VLMConfig
+
+SlotState = dict  # cache (index [B]), token [B], position [B], step [B], temperature [B],
+#                   top_p [B], seed [B]
+
+_STATIC = ("cfg", "dtype", "top_k")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotRequest:
+    """What the device needs to start one request."""
+
+    ids: np.ndarray  # [n] prompt ids, image positions expanded (prompts.encode_prompt)
+    pixels: np.ndarray | None  # [H, W, 3] preprocessed, or None for a text-only prompt
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def init_slots(cfg: VLMConfig, slots: int, context: int, dtype: str) -> SlotState:
+    def zeros():  # one buffer per leaf: the state is donated, and a shared buffer cannot be
+        return jnp.zeros((slots,), jnp.int32)
+
+    return {"cache": llama.init_cache(cfg.text, slots, context, dtype, per_slot=True),
+            "token": zeros(), "position": zeros(), "step": zeros(),
+            "temperature": jnp.zeros((slots,), jnp.float32),
+            "top_p": jnp.ones((slots,), jnp.float32), "seed": jnp.zeros((slots,), jnp.uint32)}
+
+
+def _row_keys(seed: jax.Array, step: jax.Array) -> jax.Array:
+    return jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(seed, step)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array,
+                 length: jax.Array, pixels: jax.Array | None, temperature: jax.Array,
+                 top_p: jax.Array, seed: jax.Array, *, cfg: VLMConfig, dtype: str,
+                 top_k: int) -> tuple[SlotState, jax.Array]:
+    """ids [1, Lb] right-padded (`length` real tokens); pixels [1, H, W, 3] or None.
+    Returns the state with `slot` holding this prompt, and the prompt's first new token."""
+    model = llava.from_params(cfg, params)
+    lm, text = model.language_model, cfg.text
+    bucket = ids.shape[1]
+    valid = (jnp.arange(bucket) < length)[None]  # [1, Lb]
+    batch = {"input_ids": ids, "attention_mask": valid.astype(jnp.int32)}
+    if pixels is not None:
+        batch["pixel_values"] = pixels
+    embeds = model.embed_inputs(batch, dtype)
+    # Right padding: real tokens take positions 0..n-1 and slots 0..n-1, so decoding goes on
+    # at slot n (the pads after it are masked and overwritten as the answer grows).
+    row = llama.init_cache(text, 1, bucket, dtype)
+    hidden, row = lm.decode(embeds, llava.default_positions(ids), valid, row)
+    logits = lm.logits(jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, 1))
+    seed = seed.astype(jnp.uint32)
+    token = choose_tokens_per_row(logits[:, 0], temperature[None], top_p[None],
+                                  _row_keys(seed[None], jnp.zeros((1,), jnp.int32)), top_k)[0]
+
+    cache = state["cache"]
+    # The row's keys/values [L, 1, Lb, K, H] go into the slot's row of the stacked cache.
+    kv = {n: jax.lax.dynamic_update_slice(cache[n], row[n], (0, slot, 0, 0, 0)) for n in ("k", "v")}
+    mask_row = jnp.zeros((1, cache["mask"].shape[1]), jnp.bool_).at[:, :bucket].set(valid)
+    cache = {**kv, "mask": jax.lax.dynamic_update_slice(cache["mask"], mask_row, (slot, 0)),
+             "index": cache["index"].at[slot].set(length)}
+    put = lambda name, value: state[name].at[slot].set(value)
+    return {"cache": cache, "token": put("token", token), "position": put("position", length),
+            "step": put("step", 1), "temperature": put("temperature", temperature),
+            "top_p": put("top_p", top_p), "seed": put("seed", seed)}, token
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
+                dtype: str, top_k: int) -> tuple[SlotState, jax.Array]:
+    """Feeds every slot its last token; returns the state and the next token per slot [B].
+    Inactive slots compute too (static shapes) but neither advance nor matter."""
+    lm = llava.from_params(cfg, params).language_model
+    last = state["token"][:, None]  # [B, 1]
+    hidden, cache = lm.decode(lm.embed(last, dtype), state["position"][:, None],
+                              jnp.ones_like(last), state["cache"])
+    logits = lm.logits(hidden)[:, 0]
+    token = choose_tokens_per_row(logits, state["temperature"], state["top_p"],
+                                  _row_keys(state["seed"], state["step"]), top_k)
+    advance = lambda new, old: jnp.where(active, new, old)
+    cache = {**cache, "index": advance(cache["index"], state["cache"]["index"])}
+    return {**state, "cache": cache, "token": advance(token, state["token"]),
+            "position": advance(state["position"] + 1, state["position"]),
+            "step": advance(state["step"] + 1, state["step"])}, token
+
+
+class Engine:
+    """The slot state of one model on this host, and the calls that advance it.
+
+    `context` (default: the model's max_position_embeddings) is every slot's cache length: a
+    request's prompt plus its answer must fit in it. Prompts are right-padded to a multiple of
+    `bucket` tokens, so prompts of similar length share one compiled prefill.
+    """
+
+    def __init__(self, generator: Generator, slots: int, context: int | None = None,
+                 bucket: int = 32, top_k: int = 50):
+        if generator.mesh is not None:
+            raise ValueError("serving runs on one device; build the Generator without a mesh")
+        self.generator = generator
+        self.cfg = generator.cfg
+        self.slots = slots
+        positions = self.cfg.text.max_position_embeddings
+        if context is not None and not 1 < context <= positions:
+            raise ValueError(f"context {context}: must be in 2..{positions} (the model's "
+                             "max_position_embeddings)")
+        self.context = context or positions
+        self.bucket = bucket
+        self.static = {"cfg": self.cfg, "dtype": generator.dtype, "top_k": top_k}
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh (empty) slots, e.g. after a failed device call left the donated state unusable."""
+        self.state = init_slots(self.cfg, self.slots, self.context, self.generator.dtype)
+
+    def prefill(self, slot: int, request: SlotRequest) -> int:
+        """Starts `request` in `slot` (replacing whatever was there); returns its first token."""
+        n = len(request.ids)
+        if not 0 < n < self.context:
+            raise ValueError(f"prompt of {n} tokens does not fit the context of {self.context}")
+        width = min(prompts.bucket_length(n, self.bucket), self.context)
+        ids = np.full((1, width), max(self.generator.tokenizer.pad_id, 0), np.int32)
+        ids[0, :n] = request.ids
+        pixels = None if request.pixels is None else request.pixels[None].astype(np.float32)
+        self.state, token = prefill_slot(
+            self.generator.params, self.state, np.int32(slot), ids, np.int32(n), pixels,
+            np.float32(request.temperature), np.float32(request.top_p),
+            np.uint32(request.seed % 2**32), **self.static)
+        return int(token)
+
+    def step(self, active: np.ndarray) -> np.ndarray:
+        """One decode step for every slot; `active` [B] bool marks the slots in use."""
+        self.state, tokens = decode_step(self.generator.params, self.state,
+                                         np.asarray(active, bool), **self.static)
+        return np.asarray(tokens)
+
+    def warm_up(self) -> None:
+        """Compiles the decode step (every request needs it) before the first request."""
+        self.step(np.zeros(self.slots, bool))
+
+    @staticmethod
+    def compiled_programs() -> int:
+        """Programs compiled so far by this process's engines (prefill buckets + decode)."""
+        return prefill_slot._cache_size() + decode_step._cache_size()

@@ -1,0 +1,131 @@
+"""The model behind both front ends (the OpenAI API and the web chat): a checked `ChatRequest`
+in, an asynchronous stream of scheduler events out.
+
+Runs on the server's event loop; the scheduler runs on its own thread and hands events back
+with `loop.call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from sgv_jax.checkpoint_sgv import read_sgv_config
+from sgv_jax.generation import prompts
+from sgv_jax.generation.generator import Generator
+from sgv_jax.serve.engine import Engine, SlotRequest
+from sgv_jax.serve.protocol import BadRequest, ChatRequest
+from sgv_jax.serve.scheduler import Event, Job, Scheduler
+
+
+def checkpoint_template(path: str) -> str:
+    """The template the checkpoint records (config.json "template", when its writer stored
+    one), else v1 as `launch/generate.py` defaults."""
+    return read_sgv_config(path).get("template", "v1")
+
+
+@dataclasses.dataclass(eq=False)
+class Submission:
+    job: Job
+    events: asyncio.Queue
+    prompt_tokens: int
+    finished: bool = False
+
+
+class ChatService:
+    def __init__(self, generator: Generator, *, template: str = "v1", model_name: str = "sgv",
+                 max_batch: int = 8, max_queue: int = 64, request_timeout: float = 600.0,
+                 context: int | None = None, allow_local_images: bool = False):
+        if template not in prompts.TEMPLATES:
+            raise ValueError(f"unknown template {template!r}; expected one of {prompts.TEMPLATES}")
+        self.generator = generator
+        self.template = template
+        self.model_name = model_name
+        self.request_timeout = request_timeout
+        self.allow_local_images = allow_local_images
+        self.engine = Engine(generator, max_batch, context)
+        self.scheduler = Scheduler(self.engine, generator.tokenizer, generator.eos_ids,
+                                   max_queue)
+        self.created = int(time.time())
+
+    @classmethod
+    def from_checkpoint(cls, path: str, *, template: str | None = None, dtype: str = "float32",
+                        **kwargs) -> ChatService:
+        generator = Generator.from_checkpoint(path, dtype=dtype)
+        name = os.path.basename(os.path.normpath(path))
+        return cls(generator, template=template or checkpoint_template(path),
+                   model_name=kwargs.pop("model_name", None) or name, **kwargs)
+
+    def start(self) -> None:
+        self.engine.warm_up()
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    def prepare(self, request: ChatRequest) -> tuple[SlotRequest, int]:
+        """Tokens and pixels of a request, and its max_tokens; raises BadRequest when it does
+        not fit the context. CPU work (image resize, tokenizing): call it off the event loop."""
+        gen, context = self.generator, self.engine.context
+        pixels = None if request.image is None else gen.preprocess(request.image)
+        try:
+            ids = prompts.encode_prompt(request.prompt, gen.tokenizer, gen.cfg.num_image_tokens,
+                                        pixels is not None, gen.cfg.image_token_id)
+        except ValueError as e:
+            raise BadRequest(str(e), "messages") from None
+        n = len(ids)
+        if n >= context:
+            raise BadRequest(f"the prompt is {n} tokens (image included) but the context holds "
+                             f"{context}; shorten the messages", "messages")
+        max_tokens = request.max_tokens or context - n
+        if n + max_tokens > context:
+            raise BadRequest(f"the prompt ({n} tokens) plus max_tokens ({max_tokens}) exceed "
+                             f"the context of {context} tokens; ask for at most "
+                             f"{context - n} tokens", "max_tokens")
+        seed = secrets.randbits(32) if request.seed is None else request.seed
+        return SlotRequest(ids, pixels, request.temperature, request.top_p, seed), max_tokens
+
+    def submit(self, request: ChatRequest, prepared: tuple[SlotRequest, int]) -> Submission:
+        """Queues the request (raises scheduler.QueueFull when the queue is full)."""
+        slot_request, max_tokens = prepared
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        stop = (prompts.DEFAULT_STOP_STRINGS[self.template] if request.stop is None
+                else request.stop)
+        job = Job(slot_request, max_tokens,
+                  emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                  stop_strings=stop, ignore_eos=request.ignore_eos,
+                  deadline=self.scheduler.clock() + self.request_timeout)
+        self.scheduler.submit(job)
+        return Submission(job, events, len(slot_request.ids))
+
+    async def events(self, submission: Submission,
+                     poll: float | None = None) -> AsyncIterator[Event | None]:
+        """The job's events up to `done` or `error`. With `poll`, yields None every `poll`
+        seconds without news (so a caller can check its client). Leaving early cancels the
+        job, which frees its slot."""
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(submission.events.get(), poll)
+                except TimeoutError:
+                    yield None
+                    continue
+                if event.kind != "text":
+                    submission.finished = True
+                yield event
+                if submission.finished:
+                    return
+        finally:
+            if not submission.finished:
+                self.scheduler.cancel(submission.job)
+
+    async def complete(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """prepare + submit + events, for in-process callers (the web chat)."""
+        prepared = await asyncio.to_thread(self.prepare, request)
+        async for event in self.events(self.submit(request, prepared)):
+            yield event

@@ -1,0 +1,132 @@
+"""Continuous batching in process on a tiny model: slot decoding equals Generator.complete,
+requests join and leave without recompiling, seeded sampling ignores its batch neighbours,
+the queue bound, timeouts and cancellation."""
+
+import numpy as np
+import pytest
+
+from sgv_jax.generation import prompts
+from sgv_jax.serve.engine import Engine, SlotRequest
+from sgv_jax.serve.scheduler import Event, Job, QueueFull, Scheduler
+from tests.test_generate_helpers import tiny_generator
+
+QUESTIONS = ["What is in the picture?", "Hello there! How are you today?",
+             "Describe the image in detail.", "What colour is the car? Tell me more, please."]
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return tiny_generator()
+
+
+def image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((21, 21, 3)).astype(np.float32)
+
+
+def slot_request(gen, question, pixels, **sampling) -> SlotRequest:
+    text = prompts.build_prompt("v1", question, pixels is not None)
+    ids = prompts.encode_prompt(text, gen.tokenizer, gen.cfg.num_image_tokens,
+                                pixels is not None, gen.cfg.image_token_id)
+    return SlotRequest(ids, pixels, **sampling)
+
+
+def run(scheduler, jobs_events, limit=500):
+    for _ in range(limit):
+        if all(e and e[-1].kind in ("done", "error") for e in jobs_events):
+            return
+        scheduler.run_once()
+    raise AssertionError("jobs did not finish")
+
+
+def make_job(request, max_tokens, **kw):
+    events: list[Event] = []
+    return Job(request, max_tokens, emit=events.append, **kw), events
+
+
+def answer_of(events) -> str:
+    return "".join(e.text for e in events if e.kind == "text")
+
+
+@pytest.mark.slow
+def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
+    """Greedy answers of 4 prompts (two with images, different lengths) sharing 3 slots equal
+    Generator.complete one by one; a second round with new sampling settings, seeds and
+    lengths in the same bucket compiles nothing new."""
+    engine = Engine(gen, slots=3)
+    scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=8)
+    pixels = [image(0), None, image(1), None]
+    jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]
+    for job, _ in jobs:
+        scheduler.submit(job)
+    run(scheduler, [e for _, e in jobs])
+    for (job, events), q, p in zip(jobs, QUESTIONS, pixels):
+        want = gen.complete([prompts.build_prompt("v1", q, p is not None)], [p],
+                            max_new_tokens=10)[0]
+        assert answer_of(events) == want.text
+        assert events[-1].completion_tokens == len(want.tokens)
+        assert events[-1].prompt_tokens == len(job.request.ids)
+
+    compiled = Engine.compiled_programs()
+    again = [make_job(slot_request(gen, q + " Again?", p, temperature=0.5 * i, top_p=0.9,
+                                   seed=i), 4 + i)
+             for i, (q, p) in enumerate(zip(QUESTIONS, pixels))]
+    for job, _ in again:
+        scheduler.submit(job)
+    run(scheduler, [e for _, e in again])
+    assert all(e[-1].kind == "done" for _, e in again)
+    assert Engine.compiled_programs() == compiled
+
+
+@pytest.mark.slow
+def test_seeded_sampling_does_not_depend_on_the_batch(gen):
+    engine = Engine(gen, slots=4)
+    scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=8)
+    sampled = {"temperature": 1.0, "top_p": 0.9, "seed": 1234}
+    alone, alone_events = make_job(slot_request(gen, QUESTIONS[0], image(0), **sampled), 12,
+                                   ignore_eos=True)
+    scheduler.submit(alone)
+    run(scheduler, [alone_events])
+    crowd = [make_job(slot_request(gen, q, image(i), temperature=1.0, seed=i), 12)
+             for i, q in enumerate(QUESTIONS[1:])]
+    again, again_events = make_job(slot_request(gen, QUESTIONS[0], image(0), **sampled), 12,
+                                   ignore_eos=True)
+    for job, _ in crowd[:2]:
+        scheduler.submit(job)
+    scheduler.run_once(), scheduler.run_once()  # the twin joins a batch already decoding
+    scheduler.submit(again)
+    scheduler.submit(crowd[2][0])
+    run(scheduler, [again_events] + [e for _, e in crowd])
+    assert answer_of(again_events) == answer_of(alone_events)
+    assert again_events[-1].completion_tokens == alone_events[-1].completion_tokens
+
+
+@pytest.mark.slow
+def test_one_prefill_per_step_queue_bound_timeout_and_cancel(gen):
+    now = [0.0]
+    engine = Engine(gen, slots=2)
+    scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=3, clock=lambda: now[0])
+    request = slot_request(gen, QUESTIONS[1], None)
+    first, first_events = make_job(request, 50, ignore_eos=True)
+    second, _ = make_job(request, 50, ignore_eos=True)
+    third, third_events = make_job(request, 50, ignore_eos=True, deadline=5.0)
+    for job in (first, second, third):
+        scheduler.submit(job)
+    with pytest.raises(QueueFull, match="queue is full"):
+        scheduler.submit(make_job(request, 5)[0])
+    assert scheduler.counts["rejected"] == 1
+
+    scheduler.run_once()  # first starts (prefill + one step)
+    assert list(scheduler.running.values()) == [first] and first.generated == 2
+    scheduler.run_once()  # second starts; first gets exactly one more token
+    assert first.generated == 3 and second.generated == 2
+    scheduler.run_once()  # no free slot: third waits, both running advance by one
+    assert (first.generated, second.generated, len(scheduler.waiting)) == (4, 3, 1)
+
+    now[0] = 6.0  # third's deadline passes while it waits
+    scheduler.run_once()
+    assert third_events[-1].kind == "error" and third_events[-1].status == 504
+    scheduler.cancel(first)  # its client went away
+    scheduler.run_once()
+    assert list(scheduler.running.values()) == [second]
+    assert first_events == [] or first_events[-1].kind == "text"  # no done for a vanished client
+    assert (scheduler.counts["cancelled"], scheduler.counts["timed_out"]) == (1, 1)
