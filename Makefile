@@ -16,13 +16,17 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 .libtpu: $(VENV_STAMP)
 	.venv/bin/pip install -q --no-deps --target .libtpu "libtpu==0.0.42.1"
 
-.PHONY: venv demo test test-fast libtpu
+.PHONY: venv demo serve test test-fast libtpu
 libtpu: .libtpu
 
 venv: $(VENV_STAMP)
 
 demo: $(VENV_STAMP)
 	$(PY) launch/demo.py --workdir runs/demo
+
+# The demo's fine-tuned model behind the OpenAI API and the web chat (run `make demo` first).
+serve: $(VENV_STAMP)
+	$(PY) launch/serve.py --checkpoint runs/demo/finetune/sgv
 
 test: $(VENV_STAMP)
 	$(PY) -m pytest tests -q -ra --durations=15
