@@ -60,6 +60,7 @@ def project_answer(ckpt, question, image, capsys):
     return capsys.readouterr().out.strip()
 
 
+@pytest.mark.slow
 def test_a_vocab_with_unused_rows_takes_image_and_pad_there(tmp_path):
     """The demo's case (500 tokens, 512 rows) on the tiny model: 400 tokens in 416 rows."""
     from safetensors import safe_open

@@ -23,9 +23,9 @@ from sgv_jax.data.batching import COUNTED
 from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
 from sgv_jax.paths import resolve
+from sgv_jax.stop import AgreedStop, StopRequest, signal_name
 from sgv_jax.train import optim, preflight, setup
 from sgv_jax.train.metrics import MetricWriter
-from sgv_jax.stop import AgreedStop, StopRequest, signal_name
 
 
 class NonFiniteLoss(RuntimeError):
