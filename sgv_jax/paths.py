@@ -25,13 +25,3 @@ def local_mirror(workdir: str, name: str) -> str:
         return os.path.join(workdir, name)
     tail = str(workdir).split("://", 1)[1].strip("/").replace("/", "_")
     return os.path.join(tempfile.gettempdir(), "sgv-local", tail, name)
-
-
-def upload_tree(local_dir: str, target: epath.Path) -> None:
-    """Copy a local folder to a (remote) path, file by file."""
-    for root, _, files in os.walk(local_dir):
-        rel = os.path.relpath(root, local_dir)
-        dest = target if rel == "." else target / rel
-        dest.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            epath.Path(os.path.join(root, name)).copy(dest / name, overwrite=True)

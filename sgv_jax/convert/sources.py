@@ -39,9 +39,6 @@ class WeightFiles:
     def keys(self) -> list[str]:
         return list(self.key_file)
 
-    def nbytes_largest_file(self) -> int:
-        return max(os.path.getsize(f) for f in self.files)
-
     @contextlib.contextmanager
     def open(self, path: str) -> Iterator[dict[str, Any]]:
         """{key: lazy getter} for one file; the mapping is released when the block ends."""

@@ -50,11 +50,13 @@ def encode_record(record: Any, tokenizer: tokenize.Tokenizer, template: template
     }
 
 
-def expand_image_tokens(ids: list[int], labels: list[int], num_image_tokens: int
+def expand_image_tokens(ids: list[int], labels: list[int] | None, num_image_tokens: int
                                                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Repeats each IMAGE_TOKEN_INDEX `num_image_tokens` times; its labels become IGNORE_INDEX."""
+    """Repeats each IMAGE_TOKEN_INDEX `num_image_tokens` times (one placeholder per image
+    feature row, DESIGN.md "Image tokens"); its labels become IGNORE_INDEX. The one home of
+    this expansion: training samples and generation prompts both come through here."""
     ids_arr = np.asarray(ids, np.int32)
-    labels_arr = np.asarray(labels, np.int32)
+    labels_arr = np.asarray(ids if labels is None else labels, np.int32)
     is_image = ids_arr == IMAGE_TOKEN_INDEX
     repeats = np.where(is_image, num_image_tokens, 1)
     labels_arr = np.where(is_image, IGNORE_INDEX, labels_arr).astype(np.int32)

@@ -16,7 +16,6 @@ hosts are disjoint and together cover it. A batch is
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -186,8 +185,3 @@ def make_dataset(
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
     return DataIterator(ds)
-
-
-def state_to_json(state: dict[str, Any]) -> str:
-    """The iterator state as a JSON string (checkpoint side files, logs)."""
-    return json.dumps(state, sort_keys=True)

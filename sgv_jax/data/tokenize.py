@@ -87,8 +87,13 @@ class SentencePieceTokenizer:
             ids.append(self.eos_id)
         return ids
 
-    def decode(self, ids: list[int]) -> str:
-        """Readable text of `ids`, special tokens spelled out (`<s>`, `</s>`, `<unk>`)."""
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Readable text of `ids`, special tokens spelled out (`<s>`, `</s>`, `<unk>`); with
+        `skip_special_tokens`, HF's `batch_decode(ids, skip_special_tokens=True)` of the slow
+        LLaMA tokenizer: unk/pad, BOS and EOS dropped, sentencepiece detokenization."""
+        if skip_special_tokens:
+            special = {self.bos_id, self.eos_id, self.pad_id}
+            return self._sp.decode([i for i in ids if i not in special])
         out, run = [], []
         for i in ids:
             if i in self._special.values():

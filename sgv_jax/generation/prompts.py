@@ -5,14 +5,13 @@ detokenization and stop strings. Pure functions (numpy), no device work.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import numpy as np
-import sentencepiece as spm
 
 from sgv_jax.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from sgv_jax.data import templates
+from sgv_jax.data.encode import expand_image_tokens
 from sgv_jax.data.tokenize import SentencePieceTokenizer, tokenizer_image_token
 
 TEMPLATES = ("v1", "plain", "none")
@@ -62,10 +61,8 @@ def encode_prompt(prompt: str, tokenizer: SentencePieceTokenizer, num_image_toke
                          f"found {n_images}: {prompt!r}")
     if not has_image and n_images:
         raise ValueError(f"prompt has {DEFAULT_IMAGE_TOKEN!r} but no image was given: {prompt!r}")
-    ids = np.asarray(tokenizer_image_token(prompt, tokenizer), np.int32)
-    is_image = ids == IMAGE_TOKEN_INDEX
-    ids = np.where(is_image, image_token_id, ids).astype(np.int32)
-    return np.repeat(ids, np.where(is_image, num_image_tokens, 1))
+    ids, _ = expand_image_tokens(tokenizer_image_token(prompt, tokenizer), None, num_image_tokens)
+    return np.where(ids == IMAGE_TOKEN_INDEX, image_token_id, ids).astype(np.int32)
 
 
 def bucket_length(length: int, bucket: int) -> int:
@@ -88,16 +85,9 @@ def left_pad(rows: Sequence[np.ndarray], pad_id: int, bucket: int = 1,
     return ids, mask
 
 
-@functools.lru_cache(maxsize=8)
-def _processor(model_file: str) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=model_file)
-
-
 def decode_text(tokenizer: SentencePieceTokenizer, ids: Sequence[int]) -> str:
-    """`batch_decode(ids, skip_special_tokens=True)` of the slow LLaMA tokenizer: special ids
-    (unk/pad, BOS, EOS) dropped, sentencepiece detokenization."""
-    special = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
-    return _processor(tokenizer.model_file).decode([int(i) for i in ids if int(i) not in special])
+    """Generated text: the tokenizer's `decode(skip_special_tokens=True)`."""
+    return tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
 def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
