@@ -30,10 +30,10 @@ def demo_lora(c, init_from: str):
     """The embedded demo with LoRA: learns on the synthetic data in CPU minutes."""
     c = common.demo(c)
     c.init_from = init_from
-    c.lora.rank = 8
-    c.lora.alpha = 16.0
-    c.optim.lr = 3e-3
-    c.optim.projector_lr = 1e-3
+    c.lora.rank = 16
+    c.lora.alpha = 32.0
+    c.optim.lr = 5e-3
+    c.optim.projector_lr = 2e-3
     c.data.max_length = 96  # system prompt + 16 image positions + three QA turns
     c.num_epochs = 4
     return c
