@@ -80,7 +80,7 @@ def adapter_part(adapter_dir: str, cfg: VLMConfig) -> tuple[VLMConfig, Part]:
     seven decoder linears (CLIP, projector, lm_head, …) are refused by name when checked."""
     files = WeightFiles(adapter_file(adapter_dir))
     prefixes, targets = set(), set()
-    for key in files.keys():
+    for key in files.key_file:
         m = _KEY.match(key)
         if m and m.group(3) in LORA_TARGETS and m.group(1).startswith(PEFT_PREFIX):
             prefixes.add(m.group(1)[len(PEFT_PREFIX):])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax
-
 from sgv_jax import sharding
 from sgv_jax.data import pipeline
 from sgv_jax.models.config import LoraConfig, VLMConfig, get_preset, validate
