@@ -33,6 +33,11 @@ def parse(argv=None):
     p.add_argument("--projector", help="components: LLaVA stage-1 mm_projector.bin")
     p.add_argument("--projector-type", default="mlp2x_gelu",
                    help="components: projector shape (mlp2x_gelu: LLaVA-1.5/ShareGPT4V)")
+    p.add_argument("--adapter", help="llava-hf → sgv: a PEFT LoRA folder (adapter_config.json + "
+                   "adapter_model.safetensors or .bin) imported with the base")
+    p.add_argument("--base", help="llava → sgv: the base model of a LLaVA LoRA folder given as --src")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="export: fold the adapters into the weights (PEFT merge_and_unload)")
     p.add_argument("--dtype", choices=DTYPES, help="parameter dtype in the sgv checkpoint "
                    "(default: keep the source's)")
     p.add_argument("--seed", type=int, default=0,

@@ -31,6 +31,7 @@ PARAM_RULES: dict[str, Any] = {
     "vis_embed": "fsdp",
     "vis_mlp": "tensor",
     "vis_heads": "tensor",
+    "lora_rank": None,  # the adapter rank (128 at most): small, kept whole on every device
 }
 # Activation axes: the batch is split over both data-parallel axes (FSDP is data parallel for
 # activations); the model dim stays whole, tensor parallelism splits heads/mlp inside blocks.

@@ -10,12 +10,12 @@ FORMATS_OUT = ("sgv", "llava-hf", "llava")
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 # Flags each direction needs / accepts besides --dst, --dtype, --seed, --quiet.
-_NEEDS = {("llava-hf", "sgv"): ({"src"}, set()),
-          ("llava", "sgv"): ({"src"}, {"vision_tower"}),
+_NEEDS = {("llava-hf", "sgv"): ({"src"}, {"adapter"}),
+          ("llava", "sgv"): ({"src"}, {"vision_tower", "base"}),
           ("components", "sgv"): ({"clip", "llm"}, {"projector", "projector_type"}),
           ("sgv", "llava-hf"): ({"src"}, set()),
           ("sgv", "llava"): ({"src"}, set())}
-_OPTIONAL = ("src", "vision_tower", "clip", "llm", "projector")
+_OPTIONAL = ("src", "vision_tower", "clip", "llm", "projector", "adapter", "base")
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -32,6 +32,8 @@ def check_flags(args: argparse.Namespace) -> None:
                          + (f"needs {', '.join(missing)}" if missing else "")
                          + ("; " if missing and extra else "")
                          + (f"does not take {', '.join(extra)}" if extra else ""))
+    if getattr(args, "merge_lora", False) and args.src_format != "sgv":
+        raise SystemExit("--merge-lora applies when exporting an sgv checkpoint (--from sgv)")
     if args.dtype and args.dst_format != "sgv":
         raise SystemExit("--dtype applies when writing sgv; export keeps the checkpoint's dtype")
 
@@ -55,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         if args.dst_format == "sgv":
             if args.src_format == "llava-hf":
                 source = importers.read_llava_hf(args.src)
+                if args.adapter:
+                    source = importers.with_adapter(source, args.adapter)
+            elif args.src_format == "llava" and args.base:
+                source = importers.read_llava_lora(args.src, args.base, args.vision_tower)
             elif args.src_format == "llava":
                 source = importers.read_llava(args.src, args.vision_tower)
             else:
@@ -63,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
             importers.to_sgv(source, args.dst, DTYPES.get(args.dtype), progress)
             notes = []
         elif args.dst_format == "llava-hf":
-            notes = exporters.export_llava_hf(args.src, args.dst, shard_bytes, args.seed, progress)
+            notes = exporters.export_llava_hf(args.src, args.dst, shard_bytes, args.seed, progress,
+                                              args.merge_lora)
         else:
-            notes = exporters.export_llava(args.src, args.dst, shard_bytes, progress)
+            notes = exporters.export_llava(args.src, args.dst, shard_bytes, progress,
+                                           args.merge_lora)
     except (ConversionError, FileNotFoundError, FileExistsError, ValueError, TypeError) as e:
         print(f"conversion failed: {e}", file=sys.stderr)
         return 1

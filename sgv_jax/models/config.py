@@ -52,6 +52,33 @@ class TextConfig:
         return self.head_dim or self.hidden_size // self.num_heads
 
 
+# The seven LLaMA linears LLaVA-1.5 adapts (LORA.md §1.1): not the tower, projector or lm_head.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """PEFT's LoRA on the decoder's linears (LORA.md §1.2, §2.1): y = xW + (alpha/rank)·B(A(drop(x)))."""
+
+    rank: int = 128
+    alpha: float = 256.0
+    dropout: float = 0.05  # on the adapter's input only, in training
+    targets: tuple[str, ...] = LORA_TARGETS
+
+    def __post_init__(self):
+        object.__setattr__(self, "targets", tuple(self.targets))  # hashable after JSON lists
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"lora.targets {list(self.targets)}: choose from {LORA_TARGETS}")
+        if self.rank <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.rank {self.rank} must be > 0 and lora.dropout {self.dropout} "
+                             "in [0, 1)")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank  # PEFT's `scaling` (no rsLoRA, LORA.md §1.2)
+
+
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
     """The LLaVA composition: vision tower → projector → decoder."""
@@ -63,6 +90,7 @@ class VLMConfig:
     vision_feature_layer: int = -2  # index into the 1+num_layers hidden states (§1.2)
     vision_feature_select: str = "patch"  # 'patch' drops CLS, 'cls_patch' keeps it
     image_token_id: int = IMAGE_TOKEN_INDEX  # ids at which image features are written
+    lora: LoraConfig | None = None  # adapters on the decoder's linears (None: no LoRA)
 
     @property
     def num_image_tokens(self) -> int:
@@ -84,7 +112,8 @@ class VLMConfig:
         d = dict(d)
         vision = VisionConfig(**d.pop("vision", {}))
         text = TextConfig(**d.pop("text", {}))
-        return cls(vision=vision, text=text, **d)
+        lora = d.pop("lora", None)
+        return cls(vision=vision, text=text, lora=LoraConfig(**lora) if lora else None, **d)
 
     def replace(self, **kw: Any) -> VLMConfig:
         return dataclasses.replace(self, **kw)
