@@ -18,10 +18,11 @@ def count(tree) -> int:
 
 
 @pytest.mark.parametrize("name, total, parts", [
-    ("minigpt4_7b", 7_832_633_216, {"vision_tower": 985_894_528, "ln_vision": 2_816,
-                                    "qformer": 105_137_664, "query_tokens": 24_576,
-                                    "llama_proj": 3_149_824, "language_model": 6_738_423_808}),
-    ("minigpt4_13b", 14_110_871_424, {"llama_proj": 3_937_280, "language_model": 13_015_874_560}),
+    # vision_tower holds ln_vision (985,894,528 + 2,816); qformer its 32 query tokens
+    # (105,137,664 + 24,576); projector is llama_proj.
+    ("minigpt4_7b", 7_832_633_216, {"vision_tower": 985_897_344, "qformer": 105_162_240,
+                                    "projector": 3_149_824, "language_model": 6_738_423_808}),
+    ("minigpt4_13b", 14_110_871_424, {"projector": 3_937_280, "language_model": 13_015_874_560}),
 ])
 def test_parameter_counts_equal_the_reference(name, total, parts):
     params = llava.abstract_params(get_preset(name))
@@ -44,11 +45,24 @@ def test_storage_paths_are_per_block():
     assert shapes["vision_tower/layers/2/self_attn/qkv/kernel"] == (24, 72)
     assert shapes["qformer/layer_0/cross_attn/key/kernel"] == (24, 36)
     assert "qformer/layer_1/cross_attn/key/kernel" not in shapes  # cross-attention every 2nd
-    assert shapes["query_tokens"] == (5, 36)
-    assert shapes["llama_proj/kernel"] == (36, 40)
+    assert shapes["qformer/embeddings/query_tokens"] == (5, 36)
+    assert shapes["projector/linear_1/kernel"] == (36, 40)
 
 
 @pytest.mark.slow
+def test_sgv_checkpoint_round_trip(tmp_path):
+    from sgv_jax.checkpoint_sgv import load_sgv, save_sgv
+
+    cfg = get_preset("minigpt4_tiny")
+    params = llava.init(cfg, jax.random.key(0))
+    save_sgv(str(tmp_path / "ck"), cfg, params)
+    cfg2, params2 = load_sgv(str(tmp_path / "ck"))
+    assert cfg2 == cfg
+    assert jax.tree.structure(params2) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_sharded_init_and_forward():
     cfg = get_preset("minigpt4_tiny")
     mesh = sharding.make_mesh(data=2, fsdp=4, tensor=1)

@@ -46,6 +46,7 @@ def test_config_is_the_tiny_preset(models):
     assert isinstance(llava.from_params(cfg, models[2]), MiniGPT4Model)
 
 
+@pytest.mark.slow
 def test_vision_qformer_and_image_embeddings(models, highest_precision):
     hf, cfg, params = models
     pixels = random_pixels(2)
@@ -69,6 +70,7 @@ def test_vision_qformer_and_image_embeddings(models, highest_precision):
         assert diff <= TOL, f"{name} differs by {diff}"
 
 
+@pytest.mark.slow
 def test_last_logits_and_greedy_tokens(models, highest_precision):
     hf, cfg, params = models
     ids, pixels = mid_prompt_ids(0), random_pixels(1, seed=1)

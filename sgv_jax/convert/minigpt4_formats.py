@@ -79,7 +79,7 @@ def qformer_rows(cfg: MiniGPT4Config, style: str) -> list[Row]:
     style 'original': LAVIS `Qformer.bert.*` (`attention.self`); 'hf': `qformer.*`
     (`attention.attention`, embeddings' LayerNorm renamed `layernorm`)."""
     inner = "self" if style == "original" else "attention"
-    rows = _norm("layernorm", "embeddings.LayerNorm" if style == "original" else "layernorm")
+    rows = _norm("embeddings/layernorm", "embeddings.LayerNorm" if style == "original" else "layernorm")
     for i in range(cfg.qformer.num_layers):
         blocks = [("self_attn", "attention")]
         if cfg.qformer.has_cross_attention(i):
@@ -117,15 +117,15 @@ def eva_table(cfg: MiniGPT4Config) -> dict[str, tuple[str, Transform]]:
 
 def blip2_table(cfg: MiniGPT4Config) -> dict[str, tuple[str, Transform]]:
     """`blip2_pretrained_flant5xxl.pth` `['model']`: ln_vision, query tokens, Q-Former."""
-    table = expand(_norm("ln_vision", "ln_vision"), 0, "", "")
-    table["query_tokens"] = ("query_tokens", LEADING_ONE)
+    table = expand(_norm("vision_tower/ln_vision", "ln_vision"), 0, "", "")
+    table["query_tokens"] = ("qformer/embeddings/query_tokens", LEADING_ONE)
     table.update(expand(qformer_rows(cfg, "original"), 0, "qformer/", "Qformer.bert."))
     return table
 
 
 def minigpt4_table(cfg: MiniGPT4Config) -> dict[str, tuple[str, Transform]]:
     """`pretrained_minigpt4.pth` `['model']`: the trained projection."""
-    return expand(_weight_bias("llama_proj", "llama_proj"), 0, "", "")
+    return expand(_weight_bias("projector/linear_1", "llama_proj"), 0, "", "")
 
 
 def vicuna_table(cfg: MiniGPT4Config) -> dict[str, tuple[str, Transform]]:
@@ -152,10 +152,10 @@ def unused_eva_blocks(keys, num_layers: int) -> list[str]:
 def blip2_hf_table(cfg: MiniGPT4Config) -> dict[str, tuple[str, Transform]]:
     table = expand(EVA_HF_ROWS, cfg.vision.num_layers, "vision_tower/", "vision_model.")
     # HF's post_layernorm is MiniGPT-4's ln_vision (HF carries eps 1e-6, the original 1e-5, §5.2).
-    table.update(expand(_norm("ln_vision", "vision_model.post_layernorm"), 0, "", ""))
-    table["query_tokens"] = ("query_tokens", LEADING_ONE)
+    table.update(expand(_norm("vision_tower/ln_vision", "vision_model.post_layernorm"), 0, "", ""))
+    table["query_tokens"] = ("qformer/embeddings/query_tokens", LEADING_ONE)
     table.update(expand(qformer_rows(cfg, "hf"), 0, "qformer/", "qformer."))
-    table.update(expand(_weight_bias("llama_proj", "language_projection"), 0, "", ""))
+    table.update(expand(_weight_bias("projector/linear_1", "language_projection"), 0, "", ""))
     table.update(expand(LLAMA_ROWS, cfg.text.num_layers, "language_model/", "language_model.model."))
     if not cfg.text.tie_word_embeddings:
         table.update(expand([LM_HEAD_ROW], 0, "language_model/", "language_model.lm_head."))

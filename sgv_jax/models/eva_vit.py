@@ -89,11 +89,14 @@ class EvaEmbeddings(nnx.Module):
 
 
 class EvaVisionTower(nnx.Module):
-    """`visual_encoder`: embeddings and the stacked blocks (run with `lax.scan`)."""
+    """`visual_encoder` (embeddings and the stacked blocks, run with `lax.scan`) and the
+    `ln_vision` that MiniGPT-4 / BLIP-2 apply to its output — held here as HF holds it
+    (`vision_model.post_layernorm`), with the original's eps (1e-5, MINIGPT4.md §1.1)."""
 
-    def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, ln_vision_eps: float, rngs: nnx.Rngs):
         self.embeddings = EvaEmbeddings(cfg, rngs)
         self.layers = nn.stacked(lambda r: EvaBlock(cfg, r), cfg.num_layers, rngs)
+        self.ln_vision = nn.layer_norm(cfg.hidden_size, "vis_embed", ln_vision_eps, rngs)
 
     def __call__(self, pixel_values: jax.Array, *, remat: str = "none",
                  no_grad_below: int = 0) -> jax.Array:

@@ -14,44 +14,38 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sgv_jax.models import nn
 from sgv_jax.models.config import MiniGPT4Config
 from sgv_jax.models.eva_vit import EvaVisionTower
 from sgv_jax.models.llama import LlamaModel
 from sgv_jax.models.llava import LlavaModel, image_positions, splice_image_embeddings
+from sgv_jax.models.projector import Projector
 from sgv_jax.models.qformer import QFormer
-
-# The top-level modules, in checkpoint order (train/optim.py's trainable names).
-MODULES = ("vision_tower", "ln_vision", "query_tokens", "qformer", "llama_proj", "language_model")
 
 
 class MiniGPT4Model(LlavaModel):
     def __init__(self, cfg: MiniGPT4Config, rngs: nnx.Rngs):  # not super().__init__: that builds CLIP
         self.cfg = cfg
         v, q = cfg.vision, cfg.qformer
-        self.vision_tower = EvaVisionTower(v, rngs)
-        # base_model.py l.237: torch's LayerNorm default eps 1e-5, computed in fp32.
-        self.ln_vision = nn.layer_norm(v.hidden_size, "vis_embed", cfg.ln_vision_eps, rngs)
-        self.query_tokens = nnx.Param(
-            nn.param(nn.NORMAL, (None, "qf_embed"))(rngs.params(), (q.num_query_tokens, q.hidden_size)))
+        self.vision_tower = EvaVisionTower(v, cfg.ln_vision_eps, rngs)
         self.qformer = QFormer(q, v.hidden_size, rngs)
-        self.llama_proj = nn.linear(q.hidden_size, cfg.text.hidden_size, ("qf_embed", "mlp"), True, rngs)
+        # `llama_proj = nn.Linear(768, H)` (minigpt4.py l.67-75): the 'linear' projector, so
+        # stages train it as `projector` like LLaVA's.
+        self.projector = Projector("linear", q.hidden_size, cfg.text.hidden_size, True, rngs)
         self.language_model = LlamaModel(cfg.text, rngs)
 
     def select_vision_features(self, pixel_values: jax.Array, remat: str = "none",
                                no_grad_below: int = 0) -> jax.Array:
         """`ln_vision(visual_encoder(image))`: all 1+P tokens. [B, 1+P, D_vis]"""
         hidden = self.vision_tower(pixel_values, remat=remat, no_grad_below=no_grad_below)
-        return self.ln_vision(hidden.astype(jnp.float32)).astype(hidden.dtype)
+        # base_model.py l.237: ln_vision runs in fp32 and casts back.
+        return self.vision_tower.ln_vision(hidden.astype(jnp.float32)).astype(hidden.dtype)
 
     def encode_image(self, pixel_values: jax.Array, remat: str = "none", no_grad_below: int = 0,
                      out: dict | None = None) -> jax.Array:
         """`encode_img` (minigpt4.py l.120-147): [B, H, W, 3] → [B, Q, D]."""
         image = self.select_vision_features(pixel_values, remat, no_grad_below)
-        queries = jnp.broadcast_to(self.query_tokens[...].astype(image.dtype)[None],
-                                   (image.shape[0], *self.query_tokens.shape))
-        query_output = self.qformer(queries, image)
-        projected = self.llama_proj(query_output)
+        query_output = self.qformer(image)
+        projected = self.projector(query_output)
         if out is not None:
             out["img/features"], out["img/qformer"], out["img/projected"] = image, query_output, projected
         return projected

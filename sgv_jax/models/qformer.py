@@ -12,6 +12,7 @@ Python loop, not a stacked scan: 12 small frozen layers cost little to compile.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from sgv_jax.models import nn
@@ -71,18 +72,31 @@ class QFormerLayer(nnx.Module):
         return self.mlp(x)
 
 
+class QFormerEmbeddings(nnx.Module):
+    """The learned `query_tokens` [Q, D_q] and BertEmbeddings' LayerNorm: with input_ids=None
+    the embeddings are just LayerNorm(query_embeds) (Qformer.py l.85-108)."""
+
+    def __init__(self, cfg: QFormerConfig, rngs: nnx.Rngs):
+        self.query_tokens = nnx.Param(nn.param(nn.NORMAL, (None, "qf_embed"))(
+            rngs.params(), (cfg.num_query_tokens, cfg.hidden_size)))
+        self.layernorm = nn.layer_norm(cfg.hidden_size, "qf_embed", cfg.layer_norm_eps, rngs)
+
+    def __call__(self, batch: int, dtype) -> jax.Array:
+        queries = self.query_tokens[...].astype(dtype)
+        return self.layernorm(jnp.broadcast_to(queries[None], (batch, *queries.shape)))
+
+
 class QFormer(nnx.Module):
     """[B, S, D_vis] image tokens → [B, Q, D_q] query outputs (`last_hidden_state`)."""
 
     def __init__(self, cfg: QFormerConfig, d_image: int, rngs: nnx.Rngs):
-        self.layernorm = nn.layer_norm(cfg.hidden_size, "qf_embed", cfg.layer_norm_eps, rngs)
+        self.embeddings = QFormerEmbeddings(cfg, rngs)
         for i in range(cfg.num_layers):
             setattr(self, f"layer_{i}", QFormerLayer(cfg, d_image, cfg.has_cross_attention(i), rngs))
         self.num_layers = cfg.num_layers
 
-    def __call__(self, query_tokens: jax.Array, image: jax.Array) -> jax.Array:
-        # BertEmbeddings.forward with input_ids=None: LayerNorm(query_embeds) (Qformer.py l.85-108).
-        x = self.layernorm(query_tokens)
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = self.embeddings(image.shape[0], image.dtype)
         for i in range(self.num_layers):
             x = getattr(self, f"layer_{i}")(x, image)
         return x
