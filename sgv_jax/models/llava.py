@@ -175,6 +175,11 @@ def build_model(cfg: VLMConfig, rngs: nnx.Rngs) -> LlavaModel:
     logical axes through `init` (born sharded) or the train layout, so this also runs under
     `nnx.eval_shape` with no mesh set."""
     with nnx.use_eager_sharding(False):
+        if getattr(cfg, "family", None) == "minigpt4":
+            # Local import: MiniGPT4Model subclasses LlavaModel.
+            from sgv_jax.models.minigpt4 import MiniGPT4Model
+
+            return MiniGPT4Model(cfg, rngs)
         return LlavaModel(cfg, rngs)
 
 
@@ -212,9 +217,11 @@ def cast_floating(tree: Any, dtype) -> Any:
 def param_shardings(cfg: VLMConfig, mesh) -> dict:
     """Every parameter's NamedSharding from its logical axes; refuses a mesh that would split
     a head or leave a dimension undivided, naming it."""
-    check_whole_heads({"text.num_heads": cfg.text.num_heads,
-                       "text.num_kv_heads": cfg.text.num_kv_heads,
-                       "vision.num_heads": cfg.vision.num_heads}, mesh)
+    heads = {"text.num_heads": cfg.text.num_heads, "text.num_kv_heads": cfg.text.num_kv_heads,
+             "vision.num_heads": cfg.vision.num_heads}
+    if getattr(cfg, "family", None) == "minigpt4":
+        heads["qformer.num_heads"] = cfg.qformer.num_heads
+    check_whole_heads(heads, mesh)
     return tree_shardings(param_axes(cfg), abstract_params(cfg), mesh)
 
 
