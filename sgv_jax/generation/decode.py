@@ -59,8 +59,8 @@ def _is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 
 def _constrain_cache(cache: dict) -> dict:
-    # Decode batches are split over the data-parallel mesh axes like activations.
-    layers = {i: {n: constrain(kv, ("act_batch", "act_seq", None, None)) for n, kv in layer.items()}
+    # Decode batches are split over the data-parallel mesh axes like activations. [B, K, S, H]
+    layers = {i: {n: constrain(kv, ("act_batch", None, "act_seq", None)) for n, kv in layer.items()}
               for i, layer in cache["layers"].items()}
     return {**cache, "layers": layers, "mask": constrain(cache["mask"], ("act_batch", "act_seq"))}
 

@@ -64,22 +64,25 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool = False) -> dict:
-    """Preallocated KV cache: fixed shapes so decoding compiles once. The write `index` is one
-    scalar for the whole (left-padded) batch, or with `per_slot` an int32 [B] so that each row
-    (a continuous-batching slot) writes at its own position."""
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    """Preallocated KV cache: fixed shapes so decoding compiles once. K/V are heads-major
+    [B, K, S, H], the layout attention reads: a sequence-major cache would be transposed in
+    full at every decode step (on XLA:CPU that transpose cost 9x the attention math at 32 rows
+    x 512 slots, benchmarks/bench_serve.py). The write `index` is one scalar for the whole
+    (left-padded) batch, or with `per_slot` an int32 [B] so that each row (a continuous-batching
+    slot) writes at its own position."""
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
     layers = {str(i): {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
               for i in range(cfg.num_layers)}
     index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
     return {"layers": layers, "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
 
 
-def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
-    """Writes new [B, T, ...] into cache [B, S, ...] at slot `index`: a scalar (every row at
-    the same slot) or an int32 [B] (row b at index[b], a scatter)."""
+def write_cache(cache: jax.Array, new: jax.Array, index: jax.Array, axis: int = 1) -> jax.Array:
+    """Writes `new` into `cache` (batch first) at position `index` of `axis`: a scalar (every
+    row at the same position) or an int32 [B] (row b at index[b], a scatter)."""
     if index.ndim == 0:
-        return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=1)
-    return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis=0))(
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, index, axis=axis)
+    return jax.vmap(lambda c, x, i: jax.lax.dynamic_update_slice_in_dim(c, x, i, axis - 1))(
         cache, new, index)
 
 
@@ -93,12 +96,15 @@ def decoder_block(p: dict, cfg: TextConfig, x: jax.Array, positions: jax.Array,
     q = rope(dense(y, a["q_proj"]).reshape(b, t, n, h), positions, cfg.rope_theta)
     k = rope(dense(y, a["k_proj"]).reshape(b, t, k_heads, h), positions, cfg.rope_theta)
     v = dense(y, a["v_proj"]).reshape(b, t, k_heads, h)
-    if kv is not None:
-        k = write_cache(kv["k"], k.astype(kv["k"].dtype), index)
-        v = write_cache(kv["v"], v.astype(kv["v"].dtype), index)
+    if kv is None:
+        out = attention(q, k, v, mask)
+    else:
+        heads_major = lambda y, c: y.transpose(0, 2, 1, 3).astype(c.dtype)  # noqa: E731
+        k = write_cache(kv["k"], heads_major(k, kv["k"]), index, axis=2)
+        v = write_cache(kv["v"], heads_major(v, kv["v"]), index, axis=2)
         kv = {"k": k, "v": v}
-    x = x + dense(attention(q, k.astype(q.dtype), v.astype(q.dtype), mask).reshape(b, t, n * h),
-                  a["o_proj"])
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_heads_major=True)
+    x = x + dense(out.reshape(b, t, n * h), a["o_proj"])
     x = constrain(x, ACT)
     y = rms_norm(x, p["post_attention_layernorm"], cfg.rms_norm_eps)
     m = p["mlp"]
@@ -124,7 +130,7 @@ def decode(p: dict, cfg: TextConfig, embeds: jax.Array, positions: jax.Array,
         key_mask, key_slot, index = valid, query_slot, None
     else:
         index = cache["index"]
-        key_mask = write_cache(cache["mask"], valid, index)
+        key_mask = write_cache(cache["mask"], valid, index, axis=1)
         query_slot = jnp.expand_dims(index, -1) + jnp.arange(t)  # [T] or, per row, [B, T]
         key_slot = jnp.arange(key_mask.shape[1])
     query_slot = jnp.broadcast_to(query_slot, (b, t))
