@@ -74,7 +74,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
 
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                kv_heads_major: bool = False) -> jax.Array:
-    b, t, n, h = q.shape
+    n, h = q.shape[2:]
     if not kv_heads_major:
         k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))  # [B, K, S, H]
     kv_heads = k.shape[1]

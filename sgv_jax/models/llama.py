@@ -99,7 +99,7 @@ def decoder_block(p: dict, cfg: TextConfig, x: jax.Array, positions: jax.Array,
     if kv is None:
         out = attention(q, k, v, mask)
     else:
-        heads_major = lambda y, c: y.transpose(0, 2, 1, 3).astype(c.dtype)  # noqa: E731
+        heads_major = lambda y, c: y.transpose(0, 2, 1, 3).astype(c.dtype)
         k = write_cache(kv["k"], heads_major(k, kv["k"]), index, axis=2)
         v = write_cache(kv["v"], heads_major(v, kv["v"]), index, axis=2)
         kv = {"k": k, "v": v}
