@@ -17,7 +17,7 @@ from sgv_jax.models.layers import attention
 from sgv_jax.sharding import constrain
 
 ACT = ("act_batch", "act_seq", "act_embed")
-KV_ACT = (None, "act_batch", "act_seq", None, None)  # [L, B, S, K, H]
+KV_ACT = (None, "act_batch", None, "act_seq", None)  # [L, B, K, S, H]
 
 
 def _lora_for(lora: LoraConfig | None, name: str) -> LoraConfig | None:
@@ -45,22 +45,29 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool 
     compiles once. `index` is where the next tokens are written: a scalar (every row at the
     same slot, prompts left-padded) or, with `per_slot`, an int32 [B] (each row at its own
     slot: continuous batching)."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    # Heads-major [L, B, K, S, H], the layout attention reads: a sequence-major cache would be
+    # transposed in full at every decode step (on XLA:CPU that cost 9x the attention math at
+    # 32 rows x 512 slots, benchmarks/bench_serve.py).
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
     index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
 
 
-def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array, layer=None) -> jax.Array:
-    """buffer[(layer,) b, index_b + t] = new[b, t] — one dynamic slice when `index` is shared,
-    a scatter when each row has its own."""
+def _write_kv(cache: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Array) -> jax.Array:
+    """cache[layer, b, :, index_b + t] = new[b, t] for new [B, T, K, H] and the heads-major
+    cache [L, B, K, S, H] — one dynamic slice when `index` is shared, a scatter otherwise."""
+    new = new.transpose(0, 2, 1, 3).astype(cache.dtype)  # [B, K, T, H]
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, 0, index, 0))
+    rows = jnp.arange(new.shape[0])[:, None]
+    slots = index[:, None] + jnp.arange(new.shape[2])  # [B, T]
+    return cache.at[layer, rows, :, slots].set(new.transpose(0, 2, 1, 3))
+
+
+def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """buffer[b, index_b + t] = new[b, t] (the cache's [B, S] mask)."""
     t = new.shape[1]
-    if layer is not None:
-        if index.ndim == 0:
-            return jax.lax.dynamic_update_slice(
-                buffer, new[None].astype(buffer.dtype), (layer, 0, index) + (0,) * (new.ndim - 2))
-        rows = jnp.arange(new.shape[0])[:, None]
-        return buffer.at[layer, rows, index[:, None] + jnp.arange(t)].set(new.astype(buffer.dtype))
     if index.ndim == 0:
         return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), index, axis=1)
     rows = jnp.arange(new.shape[0])[:, None]
@@ -92,9 +99,10 @@ class LlamaAttention(nnx.Module):
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-               dropout_key: jax.Array | None = None) -> jax.Array:
+               dropout_key: jax.Array | None = None, kv_heads_major: bool = False) -> jax.Array:
+        """q [B, T, N, H]; k/v [B, S, K, H], or [B, K, S, H] (the cache's layout)."""
         b, t = q.shape[:2]
-        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_heads_major)
         return nn.apply_linear(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim),
                                _key_for(dropout_key, "o_proj"))
 
@@ -131,10 +139,11 @@ class LlamaDecoderLayer(nnx.Module):
         q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
             ks, vs, layer, index = cache
-            ks, vs = _write_rows(ks, k, index, layer), _write_rows(vs, v, index, layer)
-            k, v = ks[layer], vs[layer]
+            ks, vs = _write_kv(ks, k, index, layer), _write_kv(vs, v, index, layer)
+            k, v = ks[layer], vs[layer]  # [B, K, S, H]
             cache = (ks, vs)
-        x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key), ACT)
+        x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key,
+                                                kv_heads_major=cache is not None), ACT)
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_key)
         return constrain(x, ACT), cache
 
