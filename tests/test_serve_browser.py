@@ -70,7 +70,8 @@ def test_browser_chat_streams_the_api_answer(server, page, tmp_path):
     url, image = server
     api = httpx.post(url + "/v1/chat/completions", timeout=120, json=chat_body(
         QUESTION, image, temperature=0, max_tokens=MAX_TOKENS)).json()
-    want = api["choices"][0]["message"]["content"]
+    # A browser never renders NUL (a random tiny model can emit one): compare the visible text.
+    want = api["choices"][0]["message"]["content"].replace("\x00", "")
 
     page.goto(url + "/")
     page.wait_for_selector("#question textarea", timeout=60_000)
