@@ -27,16 +27,6 @@ def part_files(out: str) -> list[str]:
     return sorted(glob.glob(glob.escape(out) + ".part*-of-*"))
 
 
-def drop_partial_line(path: str) -> None:
-    """Cut a last line that has no newline (written when the process was killed)."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def read_answers(path: str) -> list[dict]:
     """Complete lines of an answers file; a malformed complete line is an error naming it."""
     records = []
