@@ -42,7 +42,10 @@ def load_llava_module(relative: str, name: str):
             module = types.ModuleType(pkg)
             module.__path__ = []
             sys.modules.setdefault(pkg, module)
-        sys.modules.setdefault("openai", types.ModuleType("openai"))
+        try:  # the scripts import openai at the top; a stub only where it is not installed,
+            import openai  # noqa: F401 -- a stub in sys.modules would shadow it for later tests
+        except ImportError:
+            sys.modules.setdefault("openai", types.ModuleType("openai"))
         m4c = _exec(llava_script("eval/m4c_evaluator.py"), "llava.eval.m4c_evaluator")
         sys.modules["llava.eval.m4c_evaluator"] = m4c
     return _exec(llava_script(relative), name)

@@ -23,6 +23,7 @@ from sgv_jax.data.images import ImageConfig, ImageProcessor
 from sgv_jax.eval import answers, prompts
 from sgv_jax.eval.benchmarks import Benchmark
 from sgv_jax.eval.questions import Item, load_image, load_items
+from sgv_jax.generation.captioning import drop_partial_line
 from sgv_jax.generation.generator import Generator
 from sgv_jax.generation.sampling import GREEDY
 
@@ -65,7 +66,7 @@ def answer_items(generator: Generator, items: Sequence[Item], out: str, *, conv_
     pending = [it for it in mine if it.key not in finished]
     summary = RunSummary(questions=len(mine), already_done=len(mine) - len(pending))
     part = answers.part_path(out, index, count)
-    answers.drop_partial_line(part)
+    drop_partial_line(part)
     batches = [pending[i:i + batch_size] for i in range(0, len(pending), batch_size)]
     bar = tqdm(total=len(pending), unit="q", desc="answer", disable=not progress)
     start = time.perf_counter()
