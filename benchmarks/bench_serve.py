@@ -1,6 +1,6 @@
 """Continuous-batching server vs the same requests one by one through the Generator.
 
-    python benchmarks/bench_serve.py [--clients 1,8,32] [--requests 64] [--max-tokens 64]
+    python benchmarks/bench_serve.py [--clients 1,8,32] [--requests 64] [--max-tokens 128]
         [--checkpoint CKPT] [--max-batch 32]
 
 The benchmark model (unless --checkpoint): the `demo` preset's vision tower (32 px, 16 image
@@ -14,7 +14,13 @@ does; one compiled device loop per request, no server). Server: `launch/serve.py
 requests from the shared list until it is empty. Both decode the same tokens (checked), so
 output tokens/s compare like for like. Prints requests/s, output tokens/s, p50/p99 time to
 first token and latency, and the ratio of tokens/s to the sequential run (goal at 32
-clients: >= 4x). Runs alternate nothing: check `uptime` (printed) on a shared machine.
+clients: >= 4x). The load average is printed before and after: on a shared machine, rerun
+when it is high.
+
+Where the time goes: a decode step computes all `--max-batch` rows over the whole context
+(static shapes), so one client is slower than the sequential loop; prefills join one per
+step (none stalls the running requests longer), so a burst of 32 arrivals ramps up over 32
+steps. Both costs shrink against the generated tokens as requests get longer or more numerous.
 """
 
 import argparse
@@ -179,7 +185,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--requests", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--checkpoint", help="default: the benchmark model, written to a temp dir")
     args = parser.parse_args(argv)

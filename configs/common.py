@@ -39,6 +39,14 @@ def base() -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0
     c.optim.grad_clip_norm = 0.0  # 0: no clipping, as the reference's DeepSpeed configs (§4.4)
+    c.optim.projector_lr = 0.0  # LLaVA's mm_projector_lr (LORA.md §3.1); 0: same as optim.lr
+
+    # LoRA adapters on the decoder's linears (LORA.md §1.2); rank 0: none (or init_from's own).
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0
+    c.lora.alpha = 16.0
+    c.lora.dropout = 0.05
+    c.lora.targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
     c.trainable_modules = ("projector", "language_model")
     c.tune_vit_from_layer = -1  # ShareGPT4V's --tune_vit_from_layer; -1: tower frozen

@@ -11,6 +11,12 @@ every direction:
   --from components --clip CLIP_DIR --llm LLM_DIR [--projector mm_projector.bin] --to sgv --dst CKPT
   --from sgv --src CKPT --to llava-hf --dst HF_DIR   (LlavaForConditionalGeneration + LlavaProcessor)
   --from sgv --src CKPT --to llava    --dst DIR      (LLM dir + vision_tower/, ShareGPT4V layout)
+  --from minigpt4 --src DIR [--eva-vit F] [--blip2 F] [--minigpt4-ckpt F] [--vicuna DIR] --to sgv --dst CKPT
+                    (DIR: eva_vit_g.pth, blip2_pretrained_flant5xxl.pth, pretrained_minigpt4.pth,
+                     vicuna/, optional minigpt4.json)
+  --from blip2-hf --src HF_DIR --to sgv --dst CKPT   (Blip2ForConditionalGeneration, LLaMA text model)
+  --from sgv --src CKPT --to minigpt4 --dst DIR      (the four MiniGPT-4 files + minigpt4.json)
+  --from sgv --src CKPT --to blip2-hf --dst HF_DIR
 """
 
 import sys
@@ -33,6 +39,16 @@ def parse(argv=None):
     p.add_argument("--projector", help="components: LLaVA stage-1 mm_projector.bin")
     p.add_argument("--projector-type", default="mlp2x_gelu",
                    help="components: projector shape (mlp2x_gelu: LLaVA-1.5/ShareGPT4V)")
+    p.add_argument("--adapter", help="llava-hf → sgv: a PEFT LoRA folder (adapter_config.json + "
+                   "adapter_model.safetensors or .bin) imported with the base")
+    p.add_argument("--base", help="llava → sgv: the base model of a LLaVA LoRA folder given as --src")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="export: fold the adapters into the weights (PEFT merge_and_unload)")
+    p.add_argument("--eva-vit", help="minigpt4: eva_vit_g.pth (default: SRC/eva_vit_g.pth)")
+    p.add_argument("--blip2", help="minigpt4: blip2_pretrained_flant5xxl.pth (default: in SRC)")
+    p.add_argument("--minigpt4-ckpt", help="minigpt4: pretrained_minigpt4.pth, stage 1 or 2 "
+                   "(default: in SRC)")
+    p.add_argument("--vicuna", help="minigpt4: Vicuna v0 HF folder (default: SRC/vicuna)")
     p.add_argument("--dtype", choices=DTYPES, help="parameter dtype in the sgv checkpoint "
                    "(default: keep the source's)")
     p.add_argument("--seed", type=int, default=0,

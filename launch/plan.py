@@ -14,7 +14,9 @@ and no fits / does-not-fit verdict is given.
 """
 
 import os
+import shutil
 import sys
+import tempfile
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -36,6 +38,8 @@ flags.DEFINE_integer("max-length", None, "Shorthand for --config.data.max_length
 flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "Shorthand for --config.remat.")
 flags.DEFINE_enum("chip", "v5p", CHIPS, "Target chip (HBM size, peak FLOP/s).")
 flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation for the step-time estimate.")
+flags.DEFINE_integer("buffers", 10, "List this many of the largest temporaries with the JAX op "
+                     "each comes from (XLA's buffer-assignment dump); 0: none.")
 flags.DEFINE_bool("debug", False, "On an error, show the full traceback.")
 flags.mark_flags_as_required(["config"])
 FLAGS = flags.FLAGS
@@ -60,6 +64,9 @@ def main(argv) -> int:
         # Before jax is imported: as many simulated CPU devices as the mesh needs.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={devices}")
+        dump_dir = tempfile.mkdtemp(prefix="sgv-plan-") if FLAGS.buffers else None
+        if dump_dir:  # the compiler writes its buffer assignment here
+            os.environ["XLA_FLAGS"] += f" --xla_dump_to={dump_dir}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu compiles offline
         from sgv_jax import plan
@@ -90,6 +97,11 @@ def main(argv) -> int:
                   f"{e.available / 1e9:.2f} GB available)")
             return 1
         print(plan.report(result, FLAGS.chip, FLAGS.mfu))
+        if dump_dir:
+            from sgv_jax.plan_buffers import format_buffers, top_buffers
+
+            print(format_buffers(top_buffers(dump_dir, count=FLAGS.buffers)))
+            shutil.rmtree(dump_dir, ignore_errors=True)
         return 0
 
     return cli.run_guarded(run, FLAGS.debug)

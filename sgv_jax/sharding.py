@@ -31,6 +31,11 @@ PARAM_RULES: dict[str, Any] = {
     "vis_embed": "fsdp",
     "vis_mlp": "tensor",
     "vis_heads": "tensor",
+    "lora_rank": None,  # the adapter rank (128 at most): small, kept whole on every device
+    # MiniGPT-4's Q-Former (BERT-base): its own names, so its 768 never meets the ViT's 1408.
+    "qf_embed": "fsdp",
+    "qf_mlp": "tensor",
+    "qf_heads": "tensor",
 }
 # Activation axes: the batch is split over both data-parallel axes (FSDP is data parallel for
 # activations); the model dim stays whole, tensor parallelism splits heads/mlp inside blocks.

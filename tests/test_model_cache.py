@@ -32,7 +32,7 @@ def test_cached_decoding_equals_full_forward(highest_precision):
         hidden, cache = step(cache, ids[:, t:t + 1], positions[:, t:t + 1])
         got.append(lm.logits(hidden))
     assert int(cache["index"]) == ids.shape[1]
-    assert cache["k"].shape == (text.num_layers, 2, 16, text.num_kv_heads, text.resolved_head_dim)
+    assert cache["k"].shape == (text.num_layers, 2, text.num_kv_heads, 16, text.resolved_head_dim)
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=1e-5, rtol=0)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 
 from sgv_jax.checkpoint_sgv import iter_sgv_groups, read_param_index, read_sgv_config
-from sgv_jax.convert import formats
+from sgv_jax.convert import adapters, formats
 from sgv_jax.convert.hf_config import original_from_vlm, vision_to_hf, vlm_to_llava_hf
 from sgv_jax.convert.hf_files import (
     copy_tokenizer_for_original,
@@ -25,7 +25,7 @@ from sgv_jax.convert.hf_files import (
     write_llava_hf_processor,
 )
 from sgv_jax.convert.safetensors_out import ShardedWriter
-from sgv_jax.models.config import VLMConfig
+from sgv_jax.models.config import LoraConfig, VLMConfig
 
 DEFAULT_SHARD_BYTES = 2 << 30
 VOCAB_ROWS = ("language_model/embed_tokens/embedding", "language_model/lm_head/kernel")
@@ -44,8 +44,9 @@ def sample_new_rows(rows: np.ndarray, total: int, rng: np.random.Generator) -> n
 
 
 def _stream_out(ckpt: str, outputs: list[tuple[str, dict, ShardedWriter]], fix: RowFix,
-                progress: bool) -> None:
-    """Write every parameter through its table (our path → (their key, transform))."""
+                progress: bool, merge_lora: LoraConfig | None = None) -> None:
+    """Write every parameter through its table (our path → (their key, transform)); with
+    `merge_lora` each block's adapters are first folded into its kernels."""
     from tqdm import tqdm
 
     index = read_param_index(ckpt)
@@ -53,6 +54,8 @@ def _stream_out(ckpt: str, outputs: list[tuple[str, dict, ShardedWriter]], fix: 
     with tqdm(total=total, unit="tensor", desc="exporting", disable=not progress,
               mininterval=1.0) as bar:
         for _, flat in iter_sgv_groups(ckpt):
+            if merge_lora is not None:
+                flat = adapters.merge_group(flat, merge_lora)
             for path in sorted(flat):
                 for _, table, writer in outputs:
                     if path in table:
@@ -94,12 +97,14 @@ def _dtype_of(index: dict) -> str:
 
 
 def export_llava_hf(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                    seed: int = 0, progress: bool = True) -> list[str]:
+                    seed: int = 0, progress: bool = True, merge_lora: bool = False) -> list[str]:
     """A `LlavaForConditionalGeneration` directory (old on-disk layout, as the published llava-hf
     files). A model whose images use -200 (not a vocab id) gets llava-hf's `<image>`/`<pad>`
     tokens: after the tokenizer's last token, in a vocab padded to a multiple of 64 (§1.7), or,
     when the vocab already has two unused rows after the tokenizer's tokens (a padded vocab, as
-    the demo's 500 tokens in 512 rows), in those rows. Returns notes for the user."""
+    the demo's 500 tokens in 512 rows), in those rows. A checkpoint with LoRA adapters also
+    gets `dst/adapter/` in PEFT's format (loads with `PeftModel.from_pretrained` onto the
+    exported base), or with `merge_lora` the adapters folded into the weights. Returns notes."""
     meta = read_sgv_config(ckpt)
     cfg = VLMConfig.from_dict(meta["model"])
     index = read_param_index(ckpt)
@@ -132,7 +137,17 @@ def export_llava_hf(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BY
     partial = _start(dst)
     table = _by_path(formats.key_table(cfg, formats.LLAVA_HF_OLD))
     writer = ShardedWriter(partial, _plan(index, table, shape_of), max_shard_bytes)
-    _stream_out(ckpt, [("weights", table, writer)], fix, progress)
+    outputs = [("weights", table, writer)]
+    adapter_out = cfg.lora is not None and not merge_lora
+    if adapter_out:
+        # transformers 5 names the decoder `model.language_model.` whatever the file layout;
+        # the regex keeps PEFT off CLIP's own q/k/v_proj (suffix matching, LORA.md §1.1).
+        outputs.append(_adapter_output(index, cfg, partial, "adapter", LLAVA_HF_LLM))
+    _stream_out(ckpt, outputs, fix, progress, cfg.lora if merge_lora else None)
+    if adapter_out:
+        regex = r".*language_model.*\.(" + "|".join(cfg.lora.targets) + ")"
+        _write_json(os.path.join(partial, "adapter", "adapter_config.json"),
+                    adapters.adapter_config_json(cfg.lora, os.path.abspath(dst), regex))
     with open(os.path.join(partial, "config.json"), "w") as f:
         json.dump(hf_cfg, f, indent=2)
     notes = write_llava_hf_processor(_tok_dir(ckpt), partial, cfg, image_id, pad_id, add_tokens)
@@ -143,15 +158,83 @@ def export_llava_hf(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BY
         notes.append(f"images used id {cfg.image_token_id}: added <image>={image_id}, "
                      f"<pad>={pad_id} in unused rows (the tokenizer has {tokens} tokens, the "
                      f"vocab {vocab} rows; vocab unchanged)")
+    if merge_lora and cfg.lora is not None:
+        notes.append(f"LoRA adapters (rank {cfg.lora.rank}) merged into the weights")
     os.replace(partial, dst)  # only a complete export gets the real name
     return notes
 
 
+LLAVA_HF_LLM = "model.language_model."
+LLAVA_LLM = "model."
+
+
+def _write_json(path: str, content: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(content, f, indent=2)
+
+
+def _adapter_output(index: dict, cfg: VLMConfig, root: str, sub: str, llm_prefix: str):
+    """The PEFT adapter file as one more output table (`root/sub/adapter_model.safetensors`)."""
+    os.makedirs(os.path.join(root, sub), exist_ok=True)
+    table = _by_path(adapters.adapter_table(cfg, llm_prefix))
+    plan = _plan(index, table, lambda path, shape: shape)
+    return ("adapter", table, ShardedWriter(os.path.join(root, sub), plan, 1 << 62,
+                                            stem="adapter_model"))
+
+
 def export_llava(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
-                 progress: bool = True) -> list[str]:
+                 progress: bool = True, merge_lora: bool = False) -> list[str]:
     """Original LLaVA / ShareGPT4V: `dst/` = LLM + projector (`LlavaLlamaForCausalLM` keys,
     mm_* config, §2.1/§2.3), `dst/vision_tower/` = a `CLIPVisionModel` dir (§2.2). A model from
-    llava-hf (image id 32000) gets its vocab cut back to the ids below the image token (§2.4)."""
+    llava-hf (image id 32000) gets its vocab cut back to the ids below the image token (§2.4).
+    A checkpoint with LoRA adapters (unless `merge_lora`) gives LLaVA's LoRA folder instead
+    (LORA.md §4.8): `dst/` = config.json, adapter_config.json, adapter_model.safetensors,
+    non_lora_trainables.bin (the projector, a torch pickle), and the base in `dst/base/` (LLM
+    dir + `vision_tower/`), loaded by LLaVA's builder with `--model-base dst/base`."""
+    if merge_lora or VLMConfig.from_dict(read_sgv_config(ckpt)["model"]).lora is None:
+        return _export_llava_full(ckpt, dst, max_shard_bytes, progress, merge_lora)
+    return _export_llava_lora(ckpt, dst, max_shard_bytes, progress)
+
+
+def _export_llava_lora(ckpt: str, dst: str, max_shard_bytes: int, progress: bool) -> list[str]:
+    import torch
+
+    cfg = VLMConfig.from_dict(read_sgv_config(ckpt)["model"])
+    partial = _start(dst)
+    base = os.path.join(dst, "base")
+    notes = _export_llava_full(ckpt, os.path.join(partial, "base"), max_shard_bytes, progress,
+                               False, final_dst=base)
+    index = read_param_index(ckpt)
+    out = _adapter_output(index, cfg, partial, "", LLAVA_LLM)
+    projector = {}
+    proj_table = _by_path(formats.key_table(cfg, dataclasses.replace(
+        formats.MM_PROJECTOR, projector="base_model.model.model.mm_projector.")))
+    for _, flat in iter_sgv_groups(ckpt):
+        for path in sorted(flat):
+            if path in out[1]:
+                key, tf = out[1][path]
+                out[2].write(key, tf.to_theirs(flat[path]))
+            if path in proj_table:
+                key, tf = proj_table[path]
+                projector[key] = torch.from_numpy(np.ascontiguousarray(
+                    tf.to_theirs(flat[path]).astype(np.float32)))
+    out[2].close()
+    torch.save(projector, os.path.join(partial, "non_lora_trainables.bin"))
+    with open(os.path.join(partial, "base", "config.json")) as f:
+        llm_config = json.load(f)
+    _write_json(os.path.join(partial, "config.json"), llm_config)
+    _write_json(os.path.join(partial, "adapter_config.json"),
+                adapters.adapter_config_json(cfg.lora, os.path.abspath(base), None))
+    os.replace(partial, dst)
+    name = os.path.basename(os.path.abspath(dst)).lower()
+    if "llava" not in name or "lora" not in name:
+        notes.append(f"LLaVA's builder picks its LoRA branch by folder name: rename {dst} to a "
+                     "name with both 'llava' and 'lora' (LORA.md §4.8)")
+    return notes
+
+
+def _export_llava_full(ckpt: str, dst: str, max_shard_bytes: int, progress: bool,
+                       merge_lora: bool, final_dst: str | None = None) -> list[str]:
     meta = read_sgv_config(ckpt)
     cfg = VLMConfig.from_dict(meta["model"])
     index = read_param_index(ckpt)
@@ -175,9 +258,9 @@ def export_llava(ckpt: str, dst: str, max_shard_bytes: int = DEFAULT_SHARD_BYTES
                                                 max_shard_bytes)),
                ("clip", clip_table, ShardedWriter(tower_dir, _plan(index, clip_table, shape_of),
                                                   max_shard_bytes))]
-    _stream_out(ckpt, outputs, fix, progress)
+    _stream_out(ckpt, outputs, fix, progress, cfg.lora if merge_lora else None)
     text = dataclasses.replace(cfg.text, vocab_size=vocab)
-    final_tower = os.path.join(os.path.abspath(dst), "vision_tower")
+    final_tower = os.path.join(os.path.abspath(final_dst or dst), "vision_tower")
     llm_config = {**original_from_vlm(cfg.replace(text=text), final_tower),
                   "dtype": _dtype_of(index)}
     tower_config = {**vision_to_hf(cfg.vision), "architectures": ["CLIPVisionModel"],

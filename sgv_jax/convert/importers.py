@@ -176,6 +176,43 @@ def read_components(clip: str, llm: str, projector: str | None = None, seed: int
     return Source(cfg, parts, fresh, _tokenizer_files(llm, clip), extra)
 
 
+def with_adapter(source: Source, adapter_dir: str) -> Source:
+    """The source plus a PEFT LoRA adapter folder, checked against the base by name and shape."""
+    from sgv_jax.convert.adapters import adapter_part
+
+    cfg, part = adapter_part(adapter_dir, source.cfg)
+    extra = {**source.extra, "adapter": os.path.abspath(adapter_dir)}
+    return dataclasses.replace(source, cfg=cfg, parts=[*source.parts, part], extra=extra)
+
+
+def read_llava_lora(lora_dir: str, base: str, vision_tower: str | None = None) -> Source:
+    """LLaVA's LoRA folder (`adapter_*`, `non_lora_trainables.bin`, config.json; LORA.md §4.1)
+    over a full LLaVA base checkpoint (the `--model-base` of LLaVA's builder, §4.10): the
+    projector comes from `non_lora_trainables.bin`, the adapters from the adapter file."""
+    from sgv_jax.convert.adapters import adapter_part
+
+    source = read_llava(base, vision_tower)
+    trainables = os.path.join(lora_dir, "non_lora_trainables.bin")
+    if not os.path.isfile(trainables):
+        raise FileNotFoundError(f"{trainables} is missing: LLaVA's LoRA folder keeps the trained "
+                                "projector there (LORA.md §4.4)")
+    proj_files = WeightFiles(trainables)
+    try:
+        layout = formats.detect_projector_layout(proj_files.keys())
+    except ValueError as e:
+        raise ConversionError(f"{trainables}: {e}") from None
+    cfg, part = adapter_part(lora_dir, source.cfg)
+    projector_table = formats.key_table(cfg, layout)
+    # The projector now comes from the LoRA folder, not the base.
+    base_parts = [dataclasses.replace(p, skip=lambda k, old=p.skip: old(k) or ".mm_projector." in k,
+                                      table={k: v for k, v in p.table.items()
+                                             if not v[0].startswith("projector/")})
+                  for p in source.parts]
+    parts = [*base_parts, Part(proj_files, projector_table, f"{trainables} (projector)"), part]
+    extra = {**source.extra, "adapter": os.path.abspath(lora_dir)}
+    return dataclasses.replace(source, cfg=cfg, parts=parts, extra=extra)
+
+
 def to_sgv(source: Source, dst: str, dtype=None, progress: bool = True) -> str:
     """Check everything, then stream the source into an sgv checkpoint at `dst`."""
     expected = storage_shapes(source.cfg)

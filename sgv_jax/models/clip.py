@@ -15,6 +15,12 @@ from flax import nnx
 from sgv_jax.models import nn
 from sgv_jax.models.config import VisionConfig
 from sgv_jax.models.layers import ACTIVATIONS, attention
+from sgv_jax.sharding import constrain
+
+# Image activations are split over the data-parallel axes like text ones. Without these
+# constraints XLA shards the tower by its weights and runs every device on the whole global
+# batch of images (the planner's buffer report showed f32[256,16,577,577] attention scores).
+ACT = ("act_batch", "act_seq", "act_embed")
 
 
 class CLIPAttention(nnx.Module):
@@ -54,8 +60,8 @@ class CLIPEncoderLayer(nnx.Module):
         self.layer_norm2 = nn.layer_norm(cfg.hidden_size, "vis_embed", eps, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+        x = constrain(x + self.self_attn(self.layer_norm1(x)), ACT)
+        return constrain(x + self.mlp(self.layer_norm2(x)), ACT)
 
 
 class CLIPEmbeddings(nnx.Module):
@@ -98,7 +104,8 @@ class CLIPVisionTower(nnx.Module):
 
         Blocks below `no_grad_below` run as a separate scan behind a stop-gradient (ShareGPT4V
         stage 1 trains blocks >= 12 only, REFERENCE §4.1): the backward pass never enters them."""
-        x = self.pre_layrnorm(self.embeddings(pixel_values))
+        pixel_values = constrain(pixel_values, ("act_batch", None, None, None))
+        x = constrain(self.pre_layrnorm(self.embeddings(pixel_values)), ACT)
 
         def block(layer, x, _):
             return layer(x), None

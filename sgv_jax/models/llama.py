@@ -12,12 +12,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sgv_jax.models import nn
-from sgv_jax.models.config import TextConfig
+from sgv_jax.models.config import LORA_TARGETS, LoraConfig, TextConfig
 from sgv_jax.models.layers import attention
 from sgv_jax.sharding import constrain
 
 ACT = ("act_batch", "act_seq", "act_embed")
-KV_ACT = (None, "act_batch", "act_seq", None, None)  # [L, B, S, K, H]
+KV_ACT = (None, "act_batch", None, "act_seq", None)  # [L, B, K, S, H]
+
+
+def _lora_for(lora: LoraConfig | None, name: str) -> LoraConfig | None:
+    return lora if lora is not None and name in lora.targets else None
+
+
+def _key_for(dropout_key: jax.Array | None, name: str) -> jax.Array | None:
+    """Each adapted linear draws its own dropout mask, as PEFT's per-module nn.Dropout."""
+    return None if dropout_key is None else jax.random.fold_in(dropout_key, LORA_TARGETS.index(name))
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -36,22 +45,29 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool 
     compiles once. `index` is where the next tokens are written: a scalar (every row at the
     same slot, prompts left-padded) or, with `per_slot`, an int32 [B] (each row at its own
     slot: continuous batching)."""
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    # Heads-major [L, B, K, S, H], the layout attention reads: a sequence-major cache would be
+    # transposed in full at every decode step (on XLA:CPU that cost 9x the attention math at
+    # 32 rows x 512 slots, benchmarks/bench_serve.py).
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
     index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
             "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
 
 
-def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array, layer=None) -> jax.Array:
-    """buffer[(layer,) b, index_b + t] = new[b, t] — one dynamic slice when `index` is shared,
-    a scatter when each row has its own."""
+def _write_kv(cache: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Array) -> jax.Array:
+    """cache[layer, b, :, index_b + t] = new[b, t] for new [B, T, K, H] and the heads-major
+    cache [L, B, K, S, H] — one dynamic slice when `index` is shared, a scatter otherwise."""
+    new = new.transpose(0, 2, 1, 3).astype(cache.dtype)  # [B, K, T, H]
+    if index.ndim == 0:
+        return jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, 0, index, 0))
+    rows = jnp.arange(new.shape[0])[:, None]
+    slots = index[:, None] + jnp.arange(new.shape[2])  # [B, T]
+    return cache.at[layer, rows, :, slots].set(new.transpose(0, 2, 1, 3))
+
+
+def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """buffer[b, index_b + t] = new[b, t] (the cache's [B, S] mask)."""
     t = new.shape[1]
-    if layer is not None:
-        if index.ndim == 0:
-            return jax.lax.dynamic_update_slice(
-                buffer, new[None].astype(buffer.dtype), (layer, 0, index) + (0,) * (new.ndim - 2))
-        rows = jnp.arange(new.shape[0])[:, None]
-        return buffer.at[layer, rows, index[:, None] + jnp.arange(t)].set(new.astype(buffer.dtype))
     if index.ndim == 0:
         return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), index, axis=1)
     rows = jnp.arange(new.shape[0])[:, None]
@@ -59,72 +75,86 @@ def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array, layer=None)
 
 
 class LlamaAttention(nnx.Module):
-    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, h = cfg.hidden_size, cfg.resolved_head_dim
         q_dim, kv_dim = cfg.num_heads * h, cfg.num_kv_heads * h
-        self.q_proj = nn.linear(d, q_dim, ("embed", "heads"), False, rngs)
-        self.k_proj = nn.linear(d, kv_dim, ("embed", "kv_heads"), False, rngs)
-        self.v_proj = nn.linear(d, kv_dim, ("embed", "kv_heads"), False, rngs)
-        self.o_proj = nn.linear(q_dim, d, ("heads", "embed"), False, rngs)
+        make = nn.linear_maybe_lora
+        self.q_proj = make(d, q_dim, ("embed", "heads"), False, rngs, _lora_for(lora, "q_proj"))
+        self.k_proj = make(d, kv_dim, ("embed", "kv_heads"), False, rngs, _lora_for(lora, "k_proj"))
+        self.v_proj = make(d, kv_dim, ("embed", "kv_heads"), False, rngs, _lora_for(lora, "v_proj"))
+        self.o_proj = make(q_dim, d, ("heads", "embed"), False, rngs, _lora_for(lora, "o_proj"))
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
         self.rope_theta = cfg.rope_theta
 
-    def project(self, x: jax.Array, positions: jax.Array):
+    def project(self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None):
         """q [B, T, N, H], k/v [B, T, K, H] with RoPE applied to q and k."""
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+
+        def proj(name):
+            return nn.apply_linear(getattr(self, name), x, _key_for(dropout_key, name))
+
+        q = proj("q_proj").reshape(b, t, self.num_heads, self.head_dim)
+        k = proj("k_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = proj("v_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
-    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+               dropout_key: jax.Array | None = None, kv_heads_major: bool = False) -> jax.Array:
+        """q [B, T, N, H]; k/v [B, S, K, H], or [B, K, S, H] (the cache's layout)."""
         b, t = q.shape[:2]
-        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
-        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_heads_major)
+        return nn.apply_linear(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim),
+                               _key_for(dropout_key, "o_proj"))
 
 
 class LlamaMLP(nnx.Module):
-    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, f = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = nn.linear(d, f, ("embed", "mlp"), False, rngs)
-        self.up_proj = nn.linear(d, f, ("embed", "mlp"), False, rngs)
-        self.down_proj = nn.linear(f, d, ("mlp", "embed"), False, rngs)
+        make = nn.linear_maybe_lora
+        self.gate_proj = make(d, f, ("embed", "mlp"), False, rngs, _lora_for(lora, "gate_proj"))
+        self.up_proj = make(d, f, ("embed", "mlp"), False, rngs, _lora_for(lora, "up_proj"))
+        self.down_proj = make(f, d, ("mlp", "embed"), False, rngs, _lora_for(lora, "down_proj"))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        def proj(name, h):
+            return nn.apply_linear(getattr(self, name), h, _key_for(dropout_key, name))
+
+        return proj("down_proj", jax.nn.silu(proj("gate_proj", x)) * proj("up_proj", x))
 
 
 class LlamaDecoderLayer(nnx.Module):
     """One pre-norm block."""
 
-    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
-        self.self_attn = LlamaAttention(cfg, rngs)
-        self.mlp = LlamaMLP(cfg, rngs)
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, lora: LoraConfig | None = None):
+        self.self_attn = LlamaAttention(cfg, rngs, lora)
+        self.mlp = LlamaMLP(cfg, rngs, lora)
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
-                 cache: tuple | None = None):
+                 cache: tuple | None = None, dropout_key: jax.Array | None = None):
         """cache: None, or (k [L, B, S, K, H], v, this layer's index, write index): the new
-        keys/values are written into the stacked cache, which is returned."""
-        q, k, v = self.self_attn.project(self.input_layernorm(x), positions)
+        keys/values are written into the stacked cache, which is returned. `dropout_key`: this
+        layer's key for the adapters' dropout (training only)."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
             ks, vs, layer, index = cache
-            ks, vs = _write_rows(ks, k, index, layer), _write_rows(vs, v, index, layer)
-            k, v = ks[layer], vs[layer]
+            ks, vs = _write_kv(ks, k, index, layer), _write_kv(vs, v, index, layer)
+            k, v = ks[layer], vs[layer]  # [B, K, S, H]
             cache = (ks, vs)
-        x = constrain(x + self.self_attn.attend(q, k, v, mask), ACT)
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key,
+                                                kv_heads_major=cache is not None), ACT)
+        x = x + self.mlp(self.post_attention_layernorm(x), dropout_key)
         return constrain(x, ACT), cache
 
 
 class LlamaModel(nnx.Module):
     """`language_model`: embeddings, the stacked decoder layers, the final norm, lm_head."""
 
-    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         self.cfg = cfg
         self.embed_tokens = nn.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), rngs)
-        self.layers = nn.stacked(lambda r: LlamaDecoderLayer(cfg, r), cfg.num_layers, rngs)
+        self.layers = nn.stacked(lambda r: LlamaDecoderLayer(cfg, r, lora), cfg.num_layers, rngs)
         self.norm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
@@ -133,12 +163,14 @@ class LlamaModel(nnx.Module):
         return jnp.take(self.embed_tokens.embedding[...], ids, axis=0).astype(dtype)
 
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
-               cache: dict | None = None, remat: str = "none"):
+               cache: dict | None = None, remat: str = "none",
+               dropout_key: jax.Array | None = None):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
         token). Without a cache, attention is causal over the T inputs. With a cache, the T
         inputs are written at slots [index, index+T) and attend to every valid earlier slot.
+        `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
         b, t, _ = embeds.shape
@@ -156,10 +188,12 @@ class LlamaModel(nnx.Module):
 
         x = constrain(embeds, ACT)
         if cache is None:
-            def block(layer, x, _):
-                return layer(x, positions, mask)[0], None
+            def block(layer, x, key):
+                return layer(x, positions, mask, dropout_key=key)[0], None
 
-            x, _ = nn.scan_layers(self.layers, block, x, remat=remat)
+            keys = (None if dropout_key is None
+                    else jax.random.split(dropout_key, self.cfg.num_layers))
+            x, _ = nn.scan_layers(self.layers, block, x, keys, remat=remat)
             new_cache = None
         else:
             def block(layer, carry, i):

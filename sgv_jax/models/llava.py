@@ -67,7 +67,7 @@ class LlavaModel(nnx.Module):
         self.vision_tower = CLIPVisionTower(cfg.vision, rngs)
         self.projector = Projector(cfg.projector_type, cfg.vision.hidden_size,
                                    cfg.text.hidden_size, cfg.projector_bias, rngs)
-        self.language_model = LlamaModel(cfg.text, rngs)
+        self.language_model = LlamaModel(cfg.text, rngs, cfg.lora)
 
     def select_vision_features(self, pixel_values: jax.Array, remat: str = "none",
                                no_grad_below: int = 0) -> jax.Array:
@@ -91,8 +91,10 @@ class LlavaModel(nnx.Module):
         return splice_image_embeddings(embeds, feats, is_image)
 
     def hidden_states(self, batch: dict, dtype, remat: str = "none", no_grad_below: int = 0,
-                      out: dict | None = None) -> jax.Array:
-        """The decoder's final-normed hidden states [B, L, D]."""
+                      out: dict | None = None, dropout_key: jax.Array | None = None
+                      ) -> jax.Array:
+        """The decoder's final-normed hidden states [B, L, D]; `dropout_key` only in training
+        (the LoRA adapters' dropout)."""
         out = {} if out is None else out
         embeds = self.embed_inputs(batch, dtype, remat, no_grad_below, out)
         mask = batch.get("attention_mask")
@@ -101,7 +103,8 @@ class LlavaModel(nnx.Module):
         positions = batch.get("positions")
         if positions is None:
             positions = default_positions(batch["input_ids"])
-        hidden, _ = self.language_model.decode(embeds, positions, mask, remat=remat)
+        hidden, _ = self.language_model.decode(embeds, positions, mask, remat=remat,
+                                               dropout_key=dropout_key)
         out["llm/hidden"] = hidden
         return hidden
 
@@ -113,11 +116,12 @@ class LlavaModel(nnx.Module):
         return self.language_model.logits(hidden), out
 
     def loss_terms(self, batch: dict, dtype=jnp.float32, remat: str = "none",
-                   no_grad_below: int = 0, chunk: int = LOSS_CHUNK) -> tuple[jax.Array, jax.Array]:
+                   no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
+                   dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
         the vocabulary projection and cross-entropy run over `chunk`-token slices, each
         rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
-        hidden = self.hidden_states(batch, dtype, remat, no_grad_below)
+        hidden = self.hidden_states(batch, dtype, remat, no_grad_below, dropout_key=dropout_key)
         # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
         labels = batch["labels"]
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], 1)
@@ -171,6 +175,11 @@ def build_model(cfg: VLMConfig, rngs: nnx.Rngs) -> LlavaModel:
     logical axes through `init` (born sharded) or the train layout, so this also runs under
     `nnx.eval_shape` with no mesh set."""
     with nnx.use_eager_sharding(False):
+        if getattr(cfg, "family", None) == "minigpt4":
+            # Local import: MiniGPT4Model subclasses LlavaModel.
+            from sgv_jax.models.minigpt4 import MiniGPT4Model
+
+            return MiniGPT4Model(cfg, rngs)
         return LlavaModel(cfg, rngs)
 
 
@@ -208,9 +217,11 @@ def cast_floating(tree: Any, dtype) -> Any:
 def param_shardings(cfg: VLMConfig, mesh) -> dict:
     """Every parameter's NamedSharding from its logical axes; refuses a mesh that would split
     a head or leave a dimension undivided, naming it."""
-    check_whole_heads({"text.num_heads": cfg.text.num_heads,
-                       "text.num_kv_heads": cfg.text.num_kv_heads,
-                       "vision.num_heads": cfg.vision.num_heads}, mesh)
+    heads = {"text.num_heads": cfg.text.num_heads, "text.num_kv_heads": cfg.text.num_kv_heads,
+             "vision.num_heads": cfg.vision.num_heads}
+    if getattr(cfg, "family", None) == "minigpt4":
+        heads["qformer.num_heads"] = cfg.qformer.num_heads
+    check_whole_heads(heads, mesh)
     return tree_shardings(param_axes(cfg), abstract_params(cfg), mesh)
 
 
@@ -236,10 +247,10 @@ def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
 
 
 def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-               remat: str = "none", no_grad_below: int = 0, chunk: int = LOSS_CHUNK
-               ) -> tuple[jax.Array, jax.Array]:
+               remat: str = "none", no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
+               dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     model = from_params(cfg, cast_floating(params, dtype))
-    return model.loss_terms(batch, dtype, remat, no_grad_below, chunk)
+    return model.loss_terms(batch, dtype, remat, no_grad_below, chunk, dropout_key)
 
 
 def loss(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,

@@ -38,6 +38,53 @@ def linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: boo
                       bias_init=param(ZEROS, (axes[1],)), rngs=rngs)
 
 
+# PEFT's A init, kaiming_uniform_(a=√5) on [r, in]: U(−1/√in, 1/√in) (LORA.md §2.2). flax's
+# he_uniform (nnx.LoRA's default) is √6 times wider.
+LORA_A_INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+LORA_RANK = "lora_rank"  # the logical name of the adapter rank axis
+LORA_PARAMS = ("lora_a", "lora_b")  # the adapter leaves' names in a parameter path
+
+
+class LoRALinear(nnx.Linear):
+    """An `nnx.Linear` (frozen base `kernel [in, out]`) plus PEFT's LoRA branch (LORA.md §2.5):
+    y = x·kernel + scale · dropout(x)·lora_a·lora_b, with `lora_a [in, r]` = PEFT's `lora_A.weight`ᵀ
+    and `lora_b [r, out]` = `lora_B.weight`ᵀ as `nnx.LoRAParam`s. The scale stays outside B
+    (folding it in would change Adam's effective lr, LORA.md §2.5); dropout acts on the branch
+    input only and only when a key is given (training)."""
+
+    def __init__(self, d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: bool,
+                 rank: int, scale: float, dropout: float, rngs: nnx.Rngs):
+        super().__init__(d_in, d_out, use_bias=bias, kernel_init=param(NORMAL, axes),
+                         bias_init=param(ZEROS, (axes[1],)), rngs=rngs)
+        self.lora_a = nnx.LoRAParam(param(LORA_A_INIT, (axes[0], LORA_RANK))(
+            rngs.params(), (d_in, rank), jnp.float32))
+        self.lora_b = nnx.LoRAParam(param(ZEROS, (LORA_RANK, axes[1]))(
+            rngs.params(), (rank, d_out), jnp.float32))
+        self.scale, self.dropout = scale, dropout
+
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        y = super().__call__(x)
+        branch = x
+        if dropout_key is not None and self.dropout > 0:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - self.dropout, x.shape)
+            branch = jnp.where(keep, x / (1.0 - self.dropout), 0).astype(x.dtype)
+        a, b = self.lora_a[...].astype(x.dtype), self.lora_b[...].astype(x.dtype)
+        return y + ((branch @ a) @ b) * jnp.asarray(self.scale, x.dtype)
+
+
+def linear_maybe_lora(d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: bool,
+                      rngs: nnx.Rngs, lora=None) -> nnx.Linear:
+    """`linear`, or a `LoRALinear` when `lora` (a LoraConfig) is given."""
+    if lora is None:
+        return linear(d_in, d_out, axes, bias, rngs)
+    return LoRALinear(d_in, d_out, axes, bias, lora.rank, lora.scale, lora.dropout, rngs)
+
+
+def apply_linear(layer: nnx.Linear, x: jax.Array, dropout_key: jax.Array | None) -> jax.Array:
+    """Call a linear that may carry an adapter; only adapters take the dropout key."""
+    return layer(x, dropout_key) if isinstance(layer, LoRALinear) else layer(x)
+
+
 def layer_norm(dim: int, axis: str | None, eps: float, rngs: nnx.Rngs) -> nnx.LayerNorm:
     # Two-pass variance as torch computes it (flax's default fast variance is E[x²] - E[x]²).
     return nnx.LayerNorm(dim, epsilon=eps, use_fast_variance=False,

@@ -47,13 +47,17 @@ class SlotRequest:
 
 
 def init_slots(cfg: VLMConfig, slots: int, context: int, dtype: str) -> SlotState:
+    """Empty slots, committed to the first device as the programs' outputs are (an uncommitted
+    first state would compile every program a second time)."""
+
     def zeros():  # one buffer per leaf: the state is donated, and a shared buffer cannot be
         return jnp.zeros((slots,), jnp.int32)
 
-    return {"cache": llama.init_cache(cfg.text, slots, context, dtype, per_slot=True),
-            "token": zeros(), "position": zeros(), "step": zeros(),
-            "temperature": jnp.zeros((slots,), jnp.float32),
-            "top_p": jnp.ones((slots,), jnp.float32), "seed": jnp.zeros((slots,), jnp.uint32)}
+    state = {"cache": llama.init_cache(cfg.text, slots, context, dtype, per_slot=True),
+             "token": zeros(), "position": zeros(), "step": zeros(),
+             "temperature": jnp.zeros((slots,), jnp.float32),
+             "top_p": jnp.ones((slots,), jnp.float32), "seed": jnp.zeros((slots,), jnp.uint32)}
+    return jax.device_put(state, jax.local_devices()[0])
 
 
 def _row_keys(seed: jax.Array, step: jax.Array) -> jax.Array:
@@ -85,7 +89,7 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
                                   _row_keys(seed[None], jnp.zeros((1,), jnp.int32)), top_k)[0]
 
     cache = state["cache"]
-    # The row's keys/values [L, 1, Lb, K, H] go into the slot's row of the stacked cache.
+    # The row's keys/values [L, 1, K, Lb, H] go into the slot's row of the stacked cache.
     kv = {n: jax.lax.dynamic_update_slice(cache[n], row[n], (0, slot, 0, 0, 0)) for n in ("k", "v")}
     mask_row = jnp.zeros((1, cache["mask"].shape[1]), jnp.bool_).at[:, :bucket].set(valid)
     cache = {**kv, "mask": jax.lax.dynamic_update_slice(cache["mask"], mask_row, (slot, 0)),

@@ -112,6 +112,23 @@ class TrainLayout:
         return llava.param_shardings(self.model, self.mesh)
 
 
+def _moment_shardings(abs_opt: Any, param_shardings: dict, replicated) -> Any:
+    """Each optimizer-state leaf whose key path ends in a parameter's path shards like that
+    parameter; the rest (counters) are replicated. A path lookup rather than
+    `optax.tree_map_params`, which trips over the `MaskedNode`s of `optax.partition` groups."""
+    by_path = {tuple(k.key for k in path): sh for path, sh in
+               jax.tree_util.tree_flatten_with_path(param_shardings)[0]}
+
+    def sharding_of(path, _):
+        keys = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+        for start in range(len(keys)):
+            if keys[start:] in by_path:
+                return by_path[keys[start:]]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(sharding_of, abs_opt)
+
+
 def micro_batching(config, mesh: Mesh) -> tuple[int, int]:
     """(accumulation steps, samples per micro-batch over all devices)."""
     batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -127,10 +144,10 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     """Everything a run's step needs, from abstract shapes only (nothing allocated)."""
     accum, micro = micro_batching(config, mesh)
     compute_dtype = DTYPES[config.compute_dtype]
-    schedule = optim.lr_schedule(config.optim.lr, total_steps, config.optim.warmup_ratio)
     o = config.optim
-    optimizer = optim.make_optimizer(schedule, o.b1, o.b2, o.eps, o.weight_decay,
-                                     o.grad_clip_norm or None)
+    optimizer, schedule = optim.make_grouped_optimizer(
+        o.lr, o.get("projector_lr", 0.0), total_steps, o.warmup_ratio, o.b1, o.b2, o.eps,
+        o.weight_decay, o.grad_clip_norm or None)
     trainable = optim.TrainableSet(tuple(config.trainable_modules), config.tune_vit_from_layer)
 
     params = _with_shardings(llava.abstract_params(model), llava.param_shardings(model, mesh))
@@ -140,15 +157,14 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     replicated = NamedSharding(mesh, P())
     abs_opt = jax.eval_shape(optimizer.init, abs_train)
     # Adam moments shard like their parameters; counters are replicated.
-    opt_sh = optax.tree_map_params(optimizer, lambda _, sh: sh, abs_opt, _shardings(abs_train),
-                                   transform_non_params=lambda _: replicated)
+    opt_sh = _moment_shardings(abs_opt, _shardings(abs_train), replicated)
     abs_state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
                  "params": abs_train, "opt_state": _with_shardings(abs_opt, opt_sh)}
 
     no_grad_below = (trainable.vit_boundary(model.vision.num_layers) if trainable.splits_vit
                      else 0)
     step_fn = step_lib.make_train_step(model, optimizer, schedule, compute_dtype, config.remat,
-                                       config.freeze_pad_row, no_grad_below)
+                                       config.freeze_pad_row, no_grad_below, config.seed)
     state_sh, frozen_sh = _shardings(abs_state), _shardings(abs_frozen)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None),
                          out_shardings=(state_sh, None), donate_argnums=(0,))

@@ -43,8 +43,15 @@ def initial_state(run: setup.Run, ckpt: TrainCheckpointer):
     if c.init_from:
         from sgv_jax.checkpoint_sgv import load_sgv
 
-        _, params = load_sgv(c.init_from, shardings=layout.param_shardings(), dtype=np.float32)
+        file_cfg, params = load_sgv(c.init_from, shardings=layout.param_shardings(),
+                                    dtype=np.float32)
         source = f"initialised from {c.init_from}"
+        if run.model.lora is not None and file_cfg.lora != run.model.lora:
+            from sgv_jax.models import lora
+
+            params = lora.with_fresh_adapters(params, run.model, jax.random.PRNGKey(c.seed),
+                                              layout.mesh)
+            source += f" + fresh LoRA adapters (rank {run.model.lora.rank}, seed {c.seed})"
     else:
         params = llava.init(run.model, jax.random.PRNGKey(c.seed), layout.mesh)
         source = f"random init (seed {c.seed})"

@@ -1,7 +1,9 @@
 """Optimizer, learning-rate schedule and the per-stage trainable set (REFERENCE.md §4).
 
 Stages are data: `trainable_modules` names top-level modules trained whole, and
-`tune_vit_from_layer` (ShareGPT4V's flag) adds CLIP blocks >= k. Parameters are split by path
+`tune_vit_from_layer` (ShareGPT4V's flag) adds CLIP blocks >= k; the pseudo-module `adapters`
+names the LoRA weights (`…/lora_a`, `…/lora_b`) wherever they sit, so LLaVA-1.5's LoRA stage
+trains ("projector", "adapters") while the base decoder stays frozen (LORA.md §1.1). Parameters are split by path
 into a trainable and a frozen tree; only the trainable one gets AdamW moments. The CLIP blocks
 are one stacked array per weight, so that flag splits each stacked leaf along its `layers` axis:
 blocks < k go to the frozen tree, blocks >= k to the trainable one, and `merge` concatenates
@@ -20,7 +22,13 @@ import optax
 from sgv_jax.models.storage import flatten, unflatten
 
 MODULES = ("vision_tower", "projector", "language_model")
+ADAPTERS = "adapters"
 VIT_BLOCKS = "vision_tower/layers/"
+LORA_LEAVES = ("lora_a", "lora_b")
+
+
+def is_adapter(path: str) -> bool:
+    return path.rsplit("/", 1)[-1] in LORA_LEAVES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,9 +40,10 @@ class TrainableSet:
     vit_from_layer: int = -1
 
     def __post_init__(self):
-        unknown = [m for m in self.modules if m not in MODULES]
+        unknown = [m for m in self.modules if m not in (*MODULES, ADAPTERS)]
         if unknown:
-            raise ValueError(f"trainable_modules {unknown} unknown; choose from {MODULES}")
+            raise ValueError(f"trainable_modules {unknown} unknown; choose from "
+                             f"{(*MODULES, ADAPTERS)}")
 
     @property
     def splits_vit(self) -> bool:
@@ -53,7 +62,8 @@ def split_trainable(params: dict, trainable: TrainableSet) -> tuple[dict, dict]:
     trainable. Works on arrays and on ShapeDtypeStructs."""
     train, frozen = {}, {}
     for path, value in flatten(params).items():
-        if path.split("/", 1)[0] in trainable.modules:
+        if path.split("/", 1)[0] in trainable.modules or (
+                ADAPTERS in trainable.modules and is_adapter(path)):
             train[path] = value
         elif path.startswith(VIT_BLOCKS) and trainable.splits_vit:
             k = trainable.vit_boundary(value.shape[0])
@@ -118,6 +128,34 @@ def make_optimizer(schedule: optax.Schedule, b1: float, b2: float, eps: float,
         steps.append(optax.clip_by_global_norm(grad_clip_norm))
     steps.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     return optax.chain(*steps)
+
+
+def group_labels(params: dict) -> dict:
+    """'projector' for the projector's leaves, 'base' for every other trainable leaf: LLaVA's
+    `mm_projector_lr` group (LORA.md §3.1)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: "projector" if path[0].key == "projector" else "base", params)
+
+
+def make_grouped_optimizer(peak_lr: float, projector_lr: float, total_steps: int,
+                           warmup_ratio: float, b1: float, b2: float, eps: float,
+                           weight_decay: float, grad_clip_norm: float | None
+                           ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with one warmup+cosine schedule per group: the projector at `projector_lr` (0: the
+    same lr as the rest), everything else at `peak_lr`; both follow the same shape, so their
+    ratio is fixed (LORA.md §3.2). Clipping, if asked, is over the global norm of all groups.
+    Returns (optimizer, the base group's schedule)."""
+    schedule = lr_schedule(peak_lr, total_steps, warmup_ratio)
+    if not projector_lr or projector_lr == peak_lr:
+        return make_optimizer(schedule, b1, b2, eps, weight_decay, grad_clip_norm), schedule
+    projector_schedule = lr_schedule(projector_lr, total_steps, warmup_ratio)
+    groups = optax.partition(
+        {"base": optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay),
+         "projector": optax.adamw(projector_schedule, b1=b1, b2=b2, eps=eps,
+                                  weight_decay=weight_decay)},
+        group_labels)
+    steps = [optax.clip_by_global_norm(grad_clip_norm)] if grad_clip_norm else []
+    return optax.chain(*steps, groups), schedule
 
 
 def zero_padding_row_grad(grads: dict, pad_token_id: int | None) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sgv_jax import sharding
 from sgv_jax.data import pipeline
-from sgv_jax.models.config import VLMConfig, get_preset, validate
+from sgv_jax.models.config import LoraConfig, VLMConfig, get_preset, validate
 from sgv_jax.models.nn import REMAT_POLICIES
 from sgv_jax.train import optim
 from sgv_jax.train.layout import DTYPES, TrainLayout, build_layout
@@ -47,6 +47,7 @@ def check_config(config) -> None:
                         f"{config.optim.warmup_ratio} out of range")
     try:
         optim.TrainableSet(tuple(config.trainable_modules), config.tune_vit_from_layer)
+        lora_config(config)
     except ValueError as e:
         problems.append(str(e))
     if not config.data.train_file:
@@ -55,14 +56,30 @@ def check_config(config) -> None:
         raise ValueError("invalid config:\n  " + "\n  ".join(problems))
 
 
+def lora_config(config) -> LoraConfig | None:
+    """The run's `lora` fields as a LoraConfig (None for rank 0)."""
+    lora = config.get("lora")
+    if lora is None or lora.rank <= 0:
+        return None
+    return LoraConfig(lora.rank, float(lora.alpha), float(lora.dropout), tuple(lora.targets))
+
+
 def model_config(config) -> VLMConfig:
+    """init_from's (or the preset's) shapes; the run's `lora` adds adapters, or replaces the
+    ones init_from carries (rank 0 keeps them)."""
     if config.init_from:
         from sgv_jax.checkpoint_sgv import read_sgv_config
 
         cfg = VLMConfig.from_dict(read_sgv_config(config.init_from)["model"])
     else:
         cfg = get_preset(config.model)
+    lora = lora_config(config)
+    if lora is not None:
+        cfg = cfg.replace(lora=lora)
     validate(cfg)
+    if "adapters" in config.trainable_modules and cfg.lora is None:
+        raise ValueError("invalid config: trainable_modules names 'adapters' but the model has no "
+                         "LoRA adapters; set --config.lora.rank (e.g. 128)")
     return cfg
 
 
