@@ -88,3 +88,21 @@ def test_blank_image_for_text_only_samples():
 def test_unknown_aspect_is_rejected():
     with pytest.raises(ValueError, match="crop"):
         images.ImageConfig(aspect="crop")
+
+
+@pytest.mark.parametrize("size", [224, 28])
+def test_resize_equals_blip_image_processor_bit_for_bit(size):
+    # MiniGPT-4's Blip2ImageEvalProcessor = Resize((s, s), BICUBIC) on PIL -> uint8 -> /255 ->
+    # normalise (MINIGPT4.md §3.3); HF's BlipImageProcessor with its PIL backend is the same
+    # computation (MINIGPT4.md §6.9), so it is the reference here.
+    transformers = pytest.importorskip("transformers")
+    proc = transformers.BlipImageProcessor(
+        size={"height": size, "width": size}, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
+    assert proc.backend == "pil"
+    ours = images.ImageProcessor(images.ImageConfig(size=size, aspect="resize"))
+    for seed, (width, height) in enumerate(SIZES):
+        image = _random_image(width, height, seed)
+        expected = proc(image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        got = ours(image)
+        assert got.shape == (size, size, 3)
+        np.testing.assert_array_equal(got, expected)

@@ -1,7 +1,9 @@
 """Image preprocessing as the reference does it (REFERENCE.md §3.7), NHWC float32 output.
 
 `square`: CLIPImageProcessor (resize shortest side, bicubic; centre crop; rescale; normalise).
-`pad`: expand2square with the CLIP mean colour first, then the same. Each step reproduces
+`pad`: expand2square with the CLIP mean colour first, then the same.
+`resize`: BLIP-2's `Blip2ImageEvalProcessor` (MINIGPT4.md §3.3): square bicubic resize through PIL
+to uint8, aspect ratio not kept, no crop. Each step reproduces
 transformers' PIL backend bit for bit (PIL bicubic on uint8, the same integer crop offsets,
 float64 rescale cast to float32, float32 normalise), with the rescale+normalise done by a
 256-entry table per channel instead of per-pixel float math.
@@ -17,7 +19,7 @@ from PIL import Image
 
 from sgv_jax.constants import CLIP_MEAN, CLIP_STD
 
-ASPECTS = ("square", "pad")
+ASPECTS = ("square", "pad", "resize")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,13 @@ def resize_shortest_edge(image: Image.Image, size: int) -> Image.Image:
     return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC, reducing_gap=None)
 
 
+def resize_square(image: Image.Image, size: int) -> Image.Image:
+    """torchvision `Resize((size, size), BICUBIC)` on a PIL image: PIL's bicubic, uint8 out."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), resample=Image.Resampling.BICUBIC)
+
+
 def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     """transformers `center_crop` offsets on [H, W, C] (the image is never smaller here)."""
     height, width = pixels.shape[:2]
@@ -90,6 +99,8 @@ class ImageProcessor:
     def __call__(self, image: Image.Image) -> np.ndarray:
         if image.mode != "RGB":
             image = image.convert("RGB")
+        if self.config.aspect == "resize":
+            return self._table[np.asarray(resize_square(image, self.config.size)), self._channel]
         if self.config.aspect == "pad":
             image = expand2square(image, self.config.background)
         image = resize_shortest_edge(image, self.config.size)

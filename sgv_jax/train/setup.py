@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from sgv_jax import sharding
-from sgv_jax.data import pipeline
+from sgv_jax.data import images, pipeline
 from sgv_jax.models.config import LoraConfig, VLMConfig, get_preset, validate
 from sgv_jax.models.nn import REMAT_POLICIES
 from sgv_jax.train import optim
@@ -32,8 +32,8 @@ def check_config(config) -> None:
     problems = []
     if config.data.template not in ("plain", "v1", "vicuna_v1"):
         problems.append(f"data.template {config.data.template!r}: use plain or v1")
-    if config.data.aspect not in ("square", "pad"):
-        problems.append(f"data.aspect {config.data.aspect!r}: use square or pad")
+    if config.data.aspect not in images.ASPECTS:
+        problems.append(f"data.aspect {config.data.aspect!r}: use one of {', '.join(images.ASPECTS)}")
     if config.compute_dtype not in DTYPES:
         problems.append(f"compute_dtype {config.compute_dtype!r}: use {sorted(DTYPES)}")
     if config.remat not in REMAT_POLICIES:
