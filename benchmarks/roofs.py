@@ -1,0 +1,103 @@
+"""This machine's roofs, measured in the same run as the benchmark that quotes them.
+
+Machines change between sessions, so no benchmark carries a typed-in roof: each one calls these
+functions at start-up (a few seconds) and prints every ratio beside the fraction of roof it is.
+
+- `matmul_gflops(m, k, n, dtype)`: best GFLOP/s of an isolated [m,k] @ [k,n] under XLA and
+  under torch, at the benchmark's own shapes (small shapes run far below a 4096² matmul).
+- `stream_read_gbs(nbytes)`: best GB/s of a matrix-vector product over a weight matrix of
+  `nbytes` (larger than the caches), under XLA and torch: the read rate a decode step can reach.
+Both sides use the same threads as the benchmark's own runs (torch.set_num_threads is left alone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REPEATS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Roof:
+    """One measured roof: its value under XLA and under torch, and what was measured."""
+
+    what: str
+    unit: str
+    xla: float
+    torch: float
+
+    def line(self) -> str:
+        return f"roof {self.what}: XLA {self.xla:,.1f} {self.unit}, torch {self.torch:,.1f} {self.unit}"
+
+
+def _best_seconds(call, repeats: int = REPEATS) -> float:
+    call()  # compile / warm the caches
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _torch_dtype(dtype: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype: str = "float32") -> Roof:
+    """Isolated matmul rate at one shape, XLA vs torch (torch bf16 on CPU goes through oneDNN,
+    which uses AMX where the CPU has it; XLA:CPU's path is measured, not assumed)."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), np.float32)
+    b = rng.standard_normal((k, n), np.float32)
+    ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+    matmul = jax.jit(jnp.matmul)
+    xla = _best_seconds(lambda: matmul(ja, jb).block_until_ready())
+    ta = torch.from_numpy(a).to(_torch_dtype(dtype))
+    tb = torch.from_numpy(b).to(_torch_dtype(dtype))
+    with torch.inference_mode():
+        tt = _best_seconds(lambda: ta @ tb)
+    flops = 2.0 * m * k * n
+    return Roof(f"matmul {dtype} [{m},{k}]@[{k},{n}]", "GFLOP/s", flops / xla / 1e9, flops / tt / 1e9)
+
+
+def stream_read_gbs(nbytes: int = 512 << 20, dtype: str = "float32") -> Roof:
+    """Read bandwidth a weight-streaming step can reach: y = W @ x over `nbytes` of W."""
+    import torch
+
+    itemsize = np.dtype(jnp.dtype(dtype)).itemsize
+    cols = 4096
+    rows = max(1, nbytes // (itemsize * cols))
+    w = np.random.default_rng(0).standard_normal((rows, cols), np.float32)
+    x = np.ones((cols,), np.float32)
+    jw, jx = jnp.asarray(w, dtype), jnp.asarray(x, dtype)
+    gemv = jax.jit(jnp.matmul)
+    xla = _best_seconds(lambda: gemv(jw, jx).block_until_ready())
+    tw = torch.from_numpy(w).to(_torch_dtype(dtype))
+    tx = torch.from_numpy(x).to(_torch_dtype(dtype))
+    with torch.inference_mode():
+        tt = _best_seconds(lambda: tw @ tx)
+    size = rows * cols * itemsize
+    del w
+    return Roof(f"streamed read {dtype} ({size / 2**20:.0f} MiB gemv)", "GB/s", size / xla / 1e9,
+                size / tt / 1e9)
+
+
+def fraction(rate: float, roof: float) -> str:
+    """'NN.N% of roof' text for a rate measured against a roof in the same unit."""
+    return f"{rate / roof:.1%} of roof"
+
+
+if __name__ == "__main__":
+    for roof in (matmul_gflops(2048, 2048, 2048), matmul_gflops(2048, 2048, 2048, "bfloat16"),
+                 stream_read_gbs()):
+        print(roof.line(), flush=True)
