@@ -13,7 +13,8 @@ import sys
 
 from sgv_jax import cli
 
-CHAT = """Multi-turn vicuna_v1 conversation about one image (or none), in the terminal.
+CHAT = """Multi-turn conversation about one image (or none), in the terminal: vicuna_v1, LLaVA v0
+or MiniGPT-4's demo prompt (--template; default: the checkpoint's family).
 
 examples:
   python launch/generate.py chat --checkpoint runs/demo/finetune/sgv --image runs/demo/demo_data/images/eval/00000.png
@@ -24,6 +25,7 @@ RUN = """Answer one question (prints the answer only).
 examples:
   python launch/generate.py run --checkpoint runs/demo/finetune/sgv --image runs/demo/demo_data/images/eval/00000.png --prompt "Where is the shape?"
   python launch/generate.py run --checkpoint CKPT --template none --prompt "<image>" --image IMG --stop "."
+  python launch/generate.py run --checkpoint MINIGPT4_CKPT --template minigpt4 --image IMG --prompt "Describe this image in detail."
 """
 CAPTION = """Caption a folder of images or a records file into resumable JSONL (one line per image).
 
@@ -48,8 +50,10 @@ def parse(argv):
         p.add_argument("--tokenizer", help="tokenizer directory (default: CHECKPOINT/tokenizer)")
         p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                        help="compute dtype")
-        p.add_argument("--aspect", default="pad", choices=["pad", "square"],
-                       help="image preprocessing: pad (LLaVA-1.5/ShareGPT4V fine-tunes) or square")
+        p.add_argument("--aspect", choices=["pad", "square", "resize"],
+                       help="image preprocessing: pad (LLaVA-1.5/ShareGPT4V fine-tunes), square "
+                       "or resize (MiniGPT-4); default: the checkpoint's family (resize for "
+                       "MiniGPT-4, else pad)")
         # Greedy by default, as the reference's benchmarks decode (REFERENCE.md §4.6).
         p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
         p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
@@ -61,6 +65,9 @@ def parse(argv):
         p.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
         p.add_argument("--devices", type=int, help="use the first N local devices (default all)")
     sub.choices["chat"].add_argument("--image", help="image file the conversation is about")
+    sub.choices["chat"].add_argument(
+        "--template", choices=["v1", "v0", "llava_v0", "minigpt4", "minigpt4_2304"],
+        help="conversation template (default: minigpt4 for a MiniGPT-4 checkpoint, else v1)")
     run = sub.choices["run"]
     run.add_argument("--image", help="image file")
     run.add_argument("--prompt", required=True, help="the question")
@@ -76,8 +83,9 @@ def parse(argv):
     cap.add_argument("--shard", help="I/N: this host's share (default: the jax process)")
     cap.add_argument("--distributed", action="store_true", help="jax.distributed.initialize()")
     for p in (run, cap):
-        p.add_argument("--template", default="v1", choices=prompts.TEMPLATES,
-                       help="prompt template (none: --prompt is used verbatim)")
+        p.add_argument("--template", choices=prompts.TEMPLATES,
+                       help="prompt template (none: --prompt is used verbatim; default: minigpt4 "
+                       "for a MiniGPT-4 checkpoint, else v1)")
         p.add_argument("--stop", action="append", help="stop string (repeatable)")
     return parser.parse_args(argv)
 
@@ -108,7 +116,7 @@ def generate(args) -> int:
                                     aspect=args.aspect, mesh=mesh)
     common = {"sampling": sampling, "max_new_tokens": args.max_new_tokens}
     if args.command == "chat":
-        chat.chat_loop(gen, args.image, seed=args.seed, **common)
+        chat.chat_loop(gen, args.image, seed=args.seed, template=args.template, **common)
     elif args.command == "run":
         reply = chat.answer(gen, args.prompt, args.image, args.template, stop_strings=args.stop,
                             seed=args.seed, **common)
@@ -118,7 +126,8 @@ def generate(args) -> int:
                  else (jax.process_index(), jax.process_count()))
         summary = captioning.caption_job(
             gen, args.images, args.out, image_folder=args.image_folder, shard=shard,
-            user_prompt=args.prompt, template=args.template, batch_size=args.batch_size,
+            user_prompt=args.prompt, template=args.template or gen.default_template,
+            batch_size=args.batch_size,
             as_records=args.as_records, stop_strings=args.stop, **common)
         if summary.stopped_by:
             return exit_status(summary.stopped_by)

@@ -10,7 +10,7 @@ VOCAB = 97
 NUM_QUERY = 5
 
 
-def tiny_blip2_config():
+def tiny_blip2_config(vocab: int = VOCAB):
     from transformers import (
         Blip2Config,
         Blip2QFormerConfig,
@@ -25,21 +25,22 @@ def tiny_blip2_config():
     qformer = Blip2QFormerConfig(hidden_size=36, num_hidden_layers=4, num_attention_heads=3,
                                  intermediate_size=52, cross_attention_frequency=2,
                                  encoder_hidden_size=24, max_position_embeddings=16)
-    text = LlamaConfig(vocab_size=VOCAB, hidden_size=40, intermediate_size=88, num_hidden_layers=2,
+    text = LlamaConfig(vocab_size=vocab, hidden_size=40, intermediate_size=88, num_hidden_layers=2,
                        num_attention_heads=5, num_key_value_heads=5, rms_norm_eps=1e-6,
                        max_position_embeddings=256, pad_token_id=0)
     return Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(),
                        text_config=text.to_dict(), num_query_tokens=NUM_QUERY,
-                       image_token_id=VOCAB - 1)
+                       image_token_id=vocab - 1)
 
 
-def build_hf_minigpt4(seed: int = 0):
+def build_hf_minigpt4(seed: int = 0, vocab: int = VOCAB):
     """The HF model with every weight perturbed, the k third of each qkv bias kept zero (the
-    original has no k bias) and post_layernorm's eps set to ln_vision's 1e-5."""
+    original has no k bias) and post_layernorm's eps set to ln_vision's 1e-5. `vocab`: the
+    LLaMA vocabulary (a test's own tokenizer's size)."""
     import torch
     from transformers import Blip2ForConditionalGeneration
 
-    config = tiny_blip2_config()
+    config = tiny_blip2_config(vocab)
     config._attn_implementation = "eager"
     for sub in (config.vision_config, config.qformer_config, config.text_config):
         sub._attn_implementation = "eager"

@@ -64,6 +64,9 @@ def test_caption_cli_writes_then_resumes(files, capsys):
 class FakeGenerator:
     """Records the prompts chat renders; answers 'answer N'."""
 
+    default_template = "v1"
+    tokenizer = None  # only MiniGPT-4 templates look up stop pieces
+
     def __init__(self):
         self.prompts = []
 

@@ -17,22 +17,28 @@ SEP = "###"
 ROLES = {"minigpt4": ("Human: ", "Assistant: "), "minigpt4_2304": ("Human: ", "Assistant:")}
 # Training: prompt_template of minigpt4_stage2_finetune.yaml / eval config (§3.1).
 TRAIN_TEMPLATE = "###Human: {} ###Assistant: "
-# `StoppingCriteriaSub(stops=[[835], [2277, 29937]])`: "###" as LLaMA's vocab encodes it (§2.3).
-STOP_IDS = ((835,), (2277, 29937))
+# `StoppingCriteriaSub(stops=[[835], [2277, 29937]])` (demo.py, §2.3): "###" as LLaMA's vocab
+# encodes it ("'###' can be encoded in two different ways", conversation.py), the pieces
+# `▁###` = 835 and `##` `#` = 2277 29937. Generation looks the pieces up in the checkpoint's
+# tokenizer.
+STOP_PIECES = (("\u2581###",), ("##", "#"))
 # Chat.answer_prepare keeps at most this many embeddings (§2.2).
 MAX_CONTEXT = 2000
 
 
-def demo_prompt(turns: list[tuple[str, str | None]], template: str = "minigpt4") -> str:
+def demo_prompt(turns: list[tuple[str, str | None]], template: str = "minigpt4",
+                has_image: bool = True) -> str:
     """`Conversation.get_prompt` (SINGLE) for an image chat: `turns` = [(question, answer or
     None)], the image placed in the first Human message as `Chat.upload_img` + `Chat.ask` do
-    (joined with ' '). The last answer None leaves the prompt open for the assistant."""
+    (joined with ' '). The last answer None leaves the prompt open for the assistant. Without
+    an image the first Human message is the question alone (the demo always has one)."""
     if template not in ROLES:
         raise ValueError(f"unknown MiniGPT-4 template {template!r}; expected one of {sorted(ROLES)}")
     user, assistant = ROLES[template]
     messages: list[tuple[str, str | None]] = []
     for i, (question, answer) in enumerate(turns):
-        messages.append((user, f"{IMAGE_PLACEHOLDER} {question}" if i == 0 else question))
+        first = i == 0 and has_image
+        messages.append((user, f"{IMAGE_PLACEHOLDER} {question}" if first else question))
         messages.append((assistant, answer))
     if template == "minigpt4_2304":  # get_prompt added ": " itself; roles had no colon
         out = SYSTEM + SEP

@@ -1,4 +1,6 @@
-"""Conversation templates: exact prompt strings of the reference (REFERENCE.md §3.1-§3.3).
+"""Conversation templates: exact prompt strings of the reference (REFERENCE.md §3.1-§3.3), of
+LLaVA's single-separator `conv_llava_v0` (llava/conversation.py) and of MiniGPT-4's demo
+(MINIGPT4.md §2.1).
 
 Pure string functions; tokenization and label masking live in `tokenize.py`.
 """
@@ -8,17 +10,20 @@ from __future__ import annotations
 import dataclasses
 
 from sgv_jax.constants import DEFAULT_IMAGE_TOKEN
+from sgv_jax.data import minigpt4_prompts
 
 
 @dataclasses.dataclass(frozen=True)
 class Template:
-    """One conversation template (`conv_vicuna_v1` or `conv_llava_plain`, §3.1)."""
+    """One conversation template (`conv_vicuna_v1`, `conv_llava_plain` (§3.1),
+    `conv_llava_v0` or MiniGPT-4's `CONV_VISION_Vicuna0`)."""
 
     name: str
     system: str
     roles: tuple[str, str]  # (user, assistant) as rendered in the prompt.
     sep: str
-    sep2: str | None  # None for the PLAIN separator style.
+    sep2: str | None  # None for the PLAIN and SINGLE separator styles.
+    style: str = "two"  # SeparatorStyle: "two" (v1), "plain", "single" (v0, MiniGPT-4)
 
 
 VICUNA_V1 = Template(
@@ -32,16 +37,43 @@ VICUNA_V1 = Template(
         sep2="</s>",
 )
 
-PLAIN = Template(name="plain", system="", roles=("", ""), sep="\n", sep2=None)
+PLAIN = Template(name="plain", system="", roles=("", ""), sep="\n", sep2=None, style="plain")
 
-_TEMPLATES = {"v1": VICUNA_V1, "vicuna_v1": VICUNA_V1, "plain": PLAIN}
+# llava/conversation.py `conv_llava_v0` (SeparatorStyle.SINGLE, sep "###"): LLaVA v1's
+# paper-era checkpoints. LLaVA's `conv_templates["v0"]` is `conv_vicuna_v0`, the same system
+# text and roles plus two few-shot example turns that training never renders; here `v0` is
+# `conv_llava_v0`.
+LLAVA_V0 = Template(
+        name="llava_v0",
+        system=(
+                "A chat between a curious human and an artificial intelligence assistant. "
+                "The assistant gives helpful, detailed, and polite answers to the human's questions."
+        ),
+        roles=("Human", "Assistant"),
+        sep="###",
+        sep2=None,
+        style="single",
+)
+
+# MiniGPT-4's Vicuna-v0 demo (`CONV_VISION_Vicuna0`, MINIGPT4.md §2.1): SINGLE style whose roles
+# carry their own ": " (current: "Assistant: " with a trailing space), and the 2023-04 first
+# release whose get_prompt added ": " / ":" itself. Rendered by minigpt4_prompts.demo_prompt.
+MINIGPT4 = Template(name="minigpt4", system=minigpt4_prompts.SYSTEM,
+                    roles=minigpt4_prompts.ROLES["minigpt4"], sep=minigpt4_prompts.SEP,
+                    sep2=None, style="minigpt4")
+MINIGPT4_2304 = dataclasses.replace(MINIGPT4, name="minigpt4_2304",
+                                    roles=minigpt4_prompts.ROLES["minigpt4_2304"])
+
+_TEMPLATES = {"v1": VICUNA_V1, "vicuna_v1": VICUNA_V1, "plain": PLAIN, "v0": LLAVA_V0,
+              "llava_v0": LLAVA_V0, "minigpt4": MINIGPT4, "minigpt4_2304": MINIGPT4_2304}
+NAMES = tuple(_TEMPLATES)
 
 # Record roles map to template roles by position (§3.4: `roles = {"human": ..., "gpt": ...}`).
 RECORD_ROLES = ("human", "gpt")
 
 
 def get_template(name: str) -> Template:
-    """Returns the template called `name` (`plain`, `v1` or its alias `vicuna_v1`)."""
+    """Returns the template called `name` (one of NAMES; `vicuna_v1` = `v1`, `v0` = `llava_v0`)."""
     try:
         return _TEMPLATES[name]
     except KeyError:
@@ -73,6 +105,16 @@ def render_v1(messages: list[str], template: Template = VICUNA_V1) -> str:
             out += role + ": " + message + seps[i % 2]
         else:
             out += role + ":"
+    return out
+
+
+def render_single(messages: list[str], template: Template = LLAVA_V0) -> str:
+    """`Conversation.get_prompt` for SeparatorStyle.SINGLE (llava/conversation.py): `system +
+    sep`, then `role + ": " + message + sep` per message, an empty one as `role + ":"`."""
+    out = template.system + template.sep
+    for i, message in enumerate(messages):
+        role = template.roles[i % 2]
+        out += role + ": " + message + template.sep if message else role + ":"
     return out
 
 

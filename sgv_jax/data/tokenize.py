@@ -92,8 +92,10 @@ class SentencePieceTokenizer:
         `skip_special_tokens`, HF's `batch_decode(ids, skip_special_tokens=True)` of the slow
         LLaMA tokenizer: unk/pad, BOS and EOS dropped, sentencepiece detokenization."""
         if skip_special_tokens:
+            # Ids past the sentencepiece vocabulary are added special tokens (Vicuna v0's
+            # `[PAD]` = 32000, MINIGPT4.md §1.3), which HF skips too.
             special = {self.bos_id, self.eos_id, self.pad_id}
-            return self._sp.decode([i for i in ids if i not in special])
+            return self._sp.decode([i for i in ids if i not in special and 0 <= i < self.vocab_size])
         out, run = [], []
         for i in ids:
             if i in self._special.values():
@@ -104,6 +106,11 @@ class SentencePieceTokenizer:
                 run.append(i)
         out.append(self._sp.decode(run))
         return "".join(out)
+
+    def piece_id(self, piece: str) -> int | None:
+        """The id of one vocabulary piece (`▁###`), or None when the vocabulary lacks it."""
+        i = self._sp.piece_to_id(piece)
+        return None if i == self._sp.unk_id() and piece != self._sp.id_to_piece(i) else i
 
     def _encode_piece(self, text: str) -> list[int]:
         if self.legacy:

@@ -87,7 +87,7 @@ def validate_record(record: Any, template: templates.Template, index: int = 0) -
         count = sum(v.count(DEFAULT_IMAGE_TOKEN) for v in values)
         if count != 1:
             raise BadRecord("image_token_count", rid, f"expected 1 {DEFAULT_IMAGE_TOKEN}, found {count}")
-    if template.sep2 is None:
+    if template.style == "plain":
         return _validate_plain(rid, values, image)
     return _validate_v1(rid, turns, values, image)
 

@@ -180,6 +180,7 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
     or Ctrl-C ends the job after the batch in flight is written (`summary.stopped_by`)."""
     stop = prompts.DEFAULT_STOP_STRINGS[template] if stop_strings is None else stop_strings
     prompt_text = prompts.build_prompt(template, user_prompt, has_image=True)
+    stop_ids = prompts.minigpt4_stop_ids(template, generator.tokenizer)
     batch_size = -(-batch_size // generator.batch_multiple) * generator.batch_multiple
     summary = CaptionSummary()
     finished = done_prompts(out)
@@ -207,8 +208,11 @@ def caption_items(generator: Generator, items: Sequence[CaptionItem], out: str, 
             if good:
                 completions = generator.complete(
                     [prompt_text] * len(good), [p for _, p in good], sampling,
-                    max_new_tokens=max_new_tokens, stop_strings=stop, pad_to=batch_size)
-                f.write("".join(json.dumps(output_record(it, user_prompt, c.text, as_records),
+                    max_new_tokens=max_new_tokens, stop_strings=stop, pad_to=batch_size,
+                    stop_ids=stop_ids)
+                f.write("".join(json.dumps(output_record(it, user_prompt,
+                                                         prompts.answer_text(template, c.text),
+                                                         as_records),
                                            ensure_ascii=False) + "\n"
                                 for (it, _), c in zip(good, completions)))
                 f.flush()

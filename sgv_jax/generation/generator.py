@@ -50,9 +50,11 @@ class Generator:
 
     @classmethod
     def from_params(cls, cfg: VLMConfig, params: dict, tokenizer: SentencePieceTokenizer, *,
-                    dtype: str = "float32", aspect: str = "pad", mesh: Mesh | None = None,
+                    dtype: str = "float32", aspect: str | None = None, mesh: Mesh | None = None,
                     bucket: int = 32) -> Generator:
+        """`aspect` None: the family's image preprocessing (`default_aspect`)."""
         params = cast_floating(params, dtype)  # once, not per decode step
+        aspect = aspect or default_aspect(cfg)
         if mesh is not None:
             params = jax.device_put(params, llava.param_shardings(cfg, mesh))
         processor = ImageProcessor(ImageConfig(size=cfg.vision.image_size, aspect=aspect))
@@ -60,9 +62,10 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, path: str, *, tokenizer: str | None = None,
-                        dtype: str = "float32", aspect: str = "pad", mesh: Mesh | None = None,
+                        dtype: str = "float32", aspect: str | None = None, mesh: Mesh | None = None,
                         bucket: int = 32) -> Generator:
-        """An sgv checkpoint directory (`save_sgv`); the tokenizer defaults to its
+        """An sgv checkpoint directory (`save_sgv`) of any model family (LLaVA / ShareGPT4V or
+        MiniGPT-4: the config's `family` picks the model); the tokenizer defaults to its
         `tokenizer/` folder."""
         check_sgv_dir(path, "checkpoint")
         tokenizer_path = tokenizer or os.path.join(path, "tokenizer")
@@ -87,6 +90,11 @@ class Generator:
         return int(np.prod([self.mesh.shape[a] for a in ACTIVATION_RULES["act_batch"]]))
 
     @property
+    def default_template(self) -> str:
+        """The prompt template of this model's family (`prompts.default_template`)."""
+        return prompts.default_template(self.cfg)
+
+    @property
     def eos_ids(self) -> tuple[int, ...]:
         return (self.tokenizer.eos_id,) if self.tokenizer.eos_id >= 0 else (EOS_ID,)
 
@@ -96,10 +104,12 @@ class Generator:
     def complete(self, prompt_texts: Sequence[str], images: Sequence[np.ndarray | None],
                  sampling: SamplingConfig = GREEDY, *, max_new_tokens: int = 128,
                  stop_strings: Sequence[str] = (), seed: int = 0,
-                 pad_to: int | None = None) -> list[Completion]:
+                 pad_to: int | None = None,
+                 stop_ids: Sequence[Sequence[int]] = ()) -> list[Completion]:
         """One completion per prompt. `images[i]` is preprocessed pixels [H, W, 3] or None.
         `pad_to` fixes the batch size (filler rows), so a short last batch reuses the
-        compiled program."""
+        compiled program. `stop_ids`: token sequences that end an answer (kept in it), as
+        MiniGPT-4's StoppingCriteria (`prompts.minigpt4_stop_ids`)."""
         if len(prompt_texts) != len(images):
             raise ValueError(f"{len(prompt_texts)} prompts but {len(images)} images")
         tok = self.tokenizer
@@ -119,22 +129,24 @@ class Generator:
         eos_ids = self.eos_ids
 
         def stopped(tokens: np.ndarray) -> np.ndarray:
-            texts = [prompts.decode_text(tok, prompts.generated_ids(r, eos_ids)[0]) for r in tokens]
-            return np.asarray([prompts.cut_at_stop(t, stop_strings)[1] for t in texts])
+            rows = [prompts.generated_ids(r, eos_ids)[0] for r in tokens]
+            return np.asarray([prompts.cut_at_stop(prompts.decode_text(tok, r), stop_strings)[1]
+                               or prompts.cut_at_stop_ids(r, stop_ids)[1] for r in rows])
 
         with self._mesh_context():
             tokens = generate_tokens(
                 self.params, self.cfg, self._place(batch), sampling,
                 max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=tok.pad_id,
                 dtype=self.dtype, key=jax.random.key(seed),
-                stopped=stopped if stop_strings else None)
-        return [self._finish(row, eos_ids, stop_strings) for row in tokens[:n]]
+                stopped=stopped if stop_strings or stop_ids else None)
+        return [self._finish(row, eos_ids, stop_strings, stop_ids) for row in tokens[:n]]
 
-    def _finish(self, row: np.ndarray, eos_ids: tuple[int, ...],
-                stop_strings: Sequence[str]) -> Completion:
+    def _finish(self, row: np.ndarray, eos_ids: tuple[int, ...], stop_strings: Sequence[str],
+                stop_ids: Sequence[Sequence[int]] = ()) -> Completion:
         ids, saw_eos = prompts.generated_ids(row, eos_ids)
+        ids, stopped_by_ids = prompts.cut_at_stop_ids(ids, stop_ids)
         text, ids, stopped = prompts.final_text(self.tokenizer, ids, stop_strings)
-        finish = "stop" if stopped else "eos" if saw_eos else "length"
+        finish = "stop" if stopped or stopped_by_ids else "eos" if saw_eos else "length"
         return Completion(text, ids, finish)
 
     def _place(self, batch: dict) -> dict:
@@ -144,6 +156,12 @@ class Generator:
 
     def _mesh_context(self):
         return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+
+def default_aspect(cfg) -> str:
+    """Image preprocessing of a model family: MiniGPT-4's Blip2ImageEvalProcessor square resize
+    (MINIGPT4.md §3.3), LLaVA-1.5 / ShareGPT4V's pad-to-square (REFERENCE.md §3.7)."""
+    return "resize" if getattr(cfg, "family", None) == "minigpt4" else "pad"
 
 
 def local_mesh(tensor: int = 1, devices: int | None = None) -> Mesh:
