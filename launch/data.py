@@ -35,13 +35,16 @@ def parse(argv):
         p = cli.subcommand(sub, name, doc)
         p.add_argument("--data", required=True, help="JSON list or JSONL records")
         p.add_argument("--image-folder", required=True, help="root of the records' image paths")
-        p.add_argument("--template", default="v1", choices=["plain", "v1", "vicuna_v1"],
-                       help="conversation template (plain: stage 1, v1: stage 2)")
+        p.add_argument("--template", default="v1",
+                       choices=["plain", "v1", "vicuna_v1", "v0", "llava_v0", "minigpt4",
+                                "minigpt4_2304"],
+                       help="conversation template (plain: stage 1, v1: stage 2; v0: LLaVA's "
+                       "conv_llava_v0; minigpt4: MiniGPT-4's stage-2 layout, one round)")
         p.add_argument("--tokenizer", required=name == "inspect",
                        help="HF tokenizer directory or sentencepiece .model")
     inspect = sub.choices["inspect"]
     # Images do not change ids or labels; --aspect is accepted so that the flags match training.
-    inspect.add_argument("--aspect", default="square", choices=["square", "pad"],
+    inspect.add_argument("--aspect", default="square", choices=["square", "pad", "resize"],
                          help="image preprocessing (as the training config's data.aspect)")
     inspect.add_argument("--limit", type=int, default=None, help="first N records (default all)")
     inspect.add_argument("--num-image-tokens", type=int, default=576,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from sgv_jax.data import templates, tokenize
+from sgv_jax.data import templates, tokenize, tokenize_single
 from sgv_jax.data.validate import BadRecord, validate_record
 
 
@@ -29,8 +29,13 @@ def encode_record(record: Any, tokenizer: tokenize.Tokenizer, template: template
     """
     conversation = validate_record(record, template, index)
     has_image = conversation.image is not None
-    if template.sep2 is None:
+    if template.style == "plain":
         ids, labels = tokenize.preprocess_plain(conversation.messages, tokenizer)
+    elif template.style == "single":
+        ids, labels = tokenize_single.preprocess_v0(
+                conversation.messages, has_image, tokenizer, template)
+    elif template.style == "minigpt4":
+        ids, labels = tokenize_single.preprocess_minigpt4(conversation.messages, tokenizer)
     else:
         ids, labels = tokenize.preprocess_v1(
                 conversation.messages, has_image, tokenizer, conversation.record_id)

@@ -22,6 +22,7 @@ REASONS = (
         "image_token_without_image",  # `<image>` in a record that has no `image`
         "image_token_count",  # an image record whose turns hold no, or several, `<image>`
         "plain_format",  # `plain` needs exactly 2 turns with `<image>` in the first (§3.3)
+        "minigpt4_format",  # minigpt4 templates train on one image round (MINIGPT4.md §3.1)
         "missing_image",  # image file not found
         "bad_image",  # image file does not decode
         "tokenization_mismatch",  # §3.4's masking arithmetic does not add up
@@ -89,7 +90,11 @@ def validate_record(record: Any, template: templates.Template, index: int = 0) -
             raise BadRecord("image_token_count", rid, f"expected 1 {DEFAULT_IMAGE_TOKEN}, found {count}")
     if template.style == "plain":
         return _validate_plain(rid, values, image)
-    return _validate_v1(rid, turns, values, image)
+    conversation = _validate_v1(rid, turns, values, image)
+    if template.style == "minigpt4" and (image is None or len(conversation.messages) != 2):
+        raise BadRecord("minigpt4_format", rid, f"{template.name} trains on one round about an "
+                        f"image (image={image!r}, turns={len(conversation.messages)})")
+    return conversation
 
 
 def _validate_plain(rid: str, values: list[str], image: str | None) -> Conversation:

@@ -7,7 +7,7 @@ import dataclasses
 from typing import Any
 
 from sgv_jax import sharding
-from sgv_jax.data import images, pipeline
+from sgv_jax.data import images, pipeline, templates
 from sgv_jax.models.config import LoraConfig, VLMConfig, get_preset, validate
 from sgv_jax.models.nn import REMAT_POLICIES
 from sgv_jax.train import optim
@@ -30,8 +30,9 @@ class Run:
 def check_config(config) -> None:
     """Clear errors for values that would otherwise fail deep inside a run."""
     problems = []
-    if config.data.template not in ("plain", "v1", "vicuna_v1"):
-        problems.append(f"data.template {config.data.template!r}: use plain or v1")
+    if config.data.template not in templates.NAMES:
+        problems.append(f"data.template {config.data.template!r}: use one of "
+                        f"{', '.join(templates.NAMES)}")
     if config.data.aspect not in images.ASPECTS:
         problems.append(f"data.aspect {config.data.aspect!r}: use one of {', '.join(images.ASPECTS)}")
     if config.compute_dtype not in DTYPES:
