@@ -103,3 +103,27 @@ def test_chat_cli_answers_each_turn(files, monkeypatch, capsys):
     monkeypatch.setattr("builtins.input", read)
     load_launcher().main(["chat", "--checkpoint", files["ckpt"], "--max-new-tokens", "4"])
     assert capsys.readouterr().out.count("ASSISTANT:") == 2
+
+
+class FakeMiniGPT4Generator(FakeGenerator):
+    """A MiniGPT-4 checkpoint's generator: answers with the demo's trailing '###' text."""
+
+    default_template = "minigpt4"
+    tokenizer = type("Vocab", (), {"piece_id": staticmethod(lambda piece: {"\u2581###": 7}.get(piece))})
+
+    def complete(self, texts, images, sampling, **kw):
+        self.stop_ids = kw["stop_ids"]
+        super().complete(texts, images, sampling, **kw)
+        return [Completion(f"Assistant: answer {len(self.prompts)}###", [], "stop")]
+
+
+def test_chat_renders_the_minigpt4_demo_conversation(monkeypatch):
+    gen = FakeMiniGPT4Generator()
+    monkeypatch.setattr(chat, "load_image", lambda path: "pixels")
+    questions = iter(["What is it?", "And the colour?", "exit"])
+    said = []
+    turns = chat.chat_loop(gen, "img.png", read=lambda _: next(questions), write=said.append)
+    assert turns == ["What is it?", "answer 1", "And the colour?", "answer 2"]  # Chat.answer's cut
+    assert gen.stop_ids == ((7,),)  # '##' '#' is not in this vocabulary
+    assert gen.prompts[1].endswith("###Human: <Img><ImageHere></Img> What is it?###Assistant: "
+                                   "answer 1###Human: And the colour?###Assistant: ")
