@@ -25,7 +25,7 @@ from tests.test_data_helpers import train_tokenizer, write_hf_dir, write_image
 from tests.test_generate_cli import load_launcher
 from tests.test_minigpt4_convert import TINY_JSON, tensors
 
-pytestmark = [pytest.mark.torch, pytest.mark.slow]  # ~2 min on 2 shared cores
+pytestmark = pytest.mark.torch
 
 QUESTION = "Describe this image in detail."
 MAX_NEW = 24
@@ -134,6 +134,7 @@ def setup(tmp_path_factory):
     return {"ckpt": ckpt, "image": image_path, "tokens": tokens, "text": text}
 
 
+@pytest.mark.slow  # the fixture converts and compiles: ~2 min on 2 shared cores
 def test_run_prints_the_answer_of_the_original_chat(setup, capsys):
     flags = ["run", "--checkpoint", setup["ckpt"], "--image", setup["image"], "--prompt", QUESTION,
              "--max-new-tokens", str(MAX_NEW)]
@@ -144,6 +145,7 @@ def test_run_prints_the_answer_of_the_original_chat(setup, capsys):
     assert capsys.readouterr().out.strip() == printed
 
 
+@pytest.mark.slow
 def test_greedy_tokens_equal_the_original_until_its_stop(setup):
     from sgv_jax.generation import chat
     from sgv_jax.generation.generator import Generator
@@ -156,6 +158,7 @@ def test_greedy_tokens_equal_the_original_until_its_stop(setup):
     assert reply.text == setup["text"]
 
 
+@pytest.mark.slow
 def test_image_is_spliced_mid_prompt_with_one_bos(setup):
     from sgv_jax.generation import prompts
     from sgv_jax.generation.generator import Generator
@@ -169,3 +172,16 @@ def test_image_is_spliced_mid_prompt_with_one_bos(setup):
     want = (tok.encode(before) + [gen.cfg.image_token_id] * gen.cfg.num_image_tokens
             + tok.encode(after)[1:])
     assert ids.tolist() == want and ids.tolist().count(tok.bos_id) == 1
+
+
+def test_repetition_penalty_skips_the_prompt_as_inputs_embeds_does():
+    """MiniGPT-4 gives `generate` only `inputs_embeds`, so HF's repetition penalty sees no prompt
+    ids (MINIGPT4.md §2.3); a LLaVA prompt's text ids are penalised."""
+    import jax.numpy as jnp
+
+    from sgv_jax.generation.decode import prompt_token_mask
+    from sgv_jax.models.config import get_preset
+
+    ids, mask = jnp.asarray([[1, 5, 9]]), jnp.ones((1, 3), jnp.int32)
+    assert not prompt_token_mask(ids, mask, get_preset("minigpt4_tiny")).any()
+    assert prompt_token_mask(ids, mask, get_preset("tiny"))[0, [1, 5, 9]].all()

@@ -39,8 +39,12 @@ def prompt_positions(attention_mask: jax.Array) -> jax.Array:
 def prompt_token_mask(input_ids: jax.Array, attention_mask: jax.Array, cfg: VLMConfig) -> jax.Array:
     """[B, V] bool: text tokens of the prompt, which the repetition penalty counts as already
     generated (HF penalises every id in `input_ids`). Pads and image positions are left out:
-    they are not text (the reference's image id -200 is not even a vocabulary row)."""
+    they are not text (the reference's image id -200 is not even a vocabulary row). MiniGPT-4
+    passes its prompt to `generate` as `inputs_embeds` only, so none of it is penalised there
+    (MINIGPT4.md §2.3)."""
     vocab = cfg.text.vocab_size
+    if getattr(cfg, "family", None) == "minigpt4":
+        return jnp.zeros((input_ids.shape[0], vocab), jnp.bool_)
     counted = attention_mask.astype(bool) & ~llava.image_positions(input_ids, cfg)
     counted &= (input_ids >= 0) & (input_ids < vocab)
     rows = jnp.arange(input_ids.shape[0])[:, None]
