@@ -17,6 +17,13 @@ from sgv_jax.models.layers import attention
 from sgv_jax.sharding import constrain
 
 ACT = ("act_batch", "act_seq", "act_embed")
+
+# The MLP runs over sequence slices of this many tokens, each rematerialised in the backward
+# pass, when its [B, T, F] intermediates (gate, up, their product and their gradients: about
+# five alive at once) would exceed MLP_BUDGET_BYTES per buffer: at ShareGPT4V-7B's 16 x 2048 x
+# 11008 bf16 each is 0.72 GB. Below the budget slices only cost time, so the MLP runs whole.
+MLP_CHUNK = 512
+MLP_BUDGET_BYTES = 256 << 20
 KV_ACT = (None, "act_batch", None, "act_seq", None)  # [L, B, K, S, H]
 
 
@@ -119,7 +126,20 @@ class LlamaMLP(nnx.Module):
         def proj(name, h):
             return nn.apply_linear(getattr(self, name), h, _key_for(dropout_key, name))
 
-        return proj("down_proj", jax.nn.silu(proj("gate_proj", x)) * proj("up_proj", x))
+        def mlp(h):
+            return proj("down_proj", jax.nn.silu(proj("gate_proj", h)) * proj("up_proj", h))
+
+        b, t, _ = x.shape
+        width = self.gate_proj.kernel.shape[-1]
+        too_big = b * t * width * x.dtype.itemsize > MLP_BUDGET_BYTES
+        # Tokens are independent in the MLP, so slicing changes no result; adapters' dropout
+        # (training with LoRA) draws one mask for the whole sequence, so it runs whole.
+        if not too_big or t <= MLP_CHUNK or t % MLP_CHUNK or dropout_key is not None:
+            return mlp(x)
+        graph, state = nnx.split(self)
+        slices = x.reshape(b, t // MLP_CHUNK, MLP_CHUNK, -1).swapaxes(0, 1)
+        out = jax.lax.map(jax.checkpoint(lambda h: nnx.merge(graph, state)(h)), slices)
+        return out.swapaxes(0, 1).reshape(x.shape)
 
 
 class LlamaDecoderLayer(nnx.Module):
