@@ -83,10 +83,10 @@ class WebDatasetShards:
         self.keys = keys
         self.shard_ids = np.asarray(shard_ids, np.int32)
         self.table = np.asarray(table, np.int64).reshape(-1, 5)
-        self._files: dict[int, io.BufferedReader] = {}
+        self._files: dict[int, int] = {}  # shard -> file descriptor
 
     def __getstate__(self) -> dict:
-        # Open files do not pickle; grain sends the dataset to worker processes.
+        # File descriptors are per process; grain sends the dataset to worker processes.
         return {k: v for k, v in self.__dict__.items() if k != "_files"}
 
     def __setstate__(self, state: dict) -> None:
@@ -97,11 +97,11 @@ class WebDatasetShards:
         return len(self.keys)
 
     def _read(self, shard: int, offset: int, size: int) -> bytes:
-        f = self._files.get(shard)
-        if f is None:
-            f = self._files[shard] = open(self.shards[shard], "rb")  # noqa: SIM115 -- kept open across reads
-        f.seek(offset)
-        return f.read(size)
+        # pread, not seek + read: grain maps elements on several threads at once.
+        fd = self._files.get(shard)
+        if fd is None:
+            fd = self._files.setdefault(shard, os.open(self.shards[shard], os.O_RDONLY))
+        return os.pread(fd, size, offset)
 
     def read(self, index: int) -> tuple[str, Image.Image, str]:
         record_id, shard = self.keys[index], int(self.shard_ids[index])
