@@ -36,7 +36,7 @@ def get_config(variant: str = ""):
         # llama_proj only (tests/test_minigpt4_train.py checks both).
         c.trainable_modules = ("projector", "language_model")
         c.data.aspect = "resize"  # the demo's captions name the quadrant: a crop would move it
-        c.data.max_length = 80
+        c.data.max_length = 84  # BOS + 35 prompt tokens (demo tokenizer) + 8 image + 40
         c.minigpt4.max_txt_len = 40
         c.total_steps = 150
         c.global_batch_size = c.per_device_batch_size = 16
