@@ -44,7 +44,7 @@ def test_recipes_train_llama_proj_only_with_a_frozen_rest_in_compute_dtype(name)
 def test_stage1_schedule_is_linear_warmup_cosine():
     c = load_config("minigpt4_pretrain", variant="")
     schedule = optim.optimizer_for(c.optim, c.total_steps)[1]
-    lr = lambda t: float(schedule(t))  # noqa: E731
+    lr = lambda t: float(schedule(t))
     assert (c.total_steps, c.global_batch_size) == (20_000, 256)
     np.testing.assert_allclose(lr(0), 1e-6, rtol=1e-5)
     np.testing.assert_allclose(lr(2500), 1e-6 + (1e-4 - 1e-6) / 2, rtol=1e-5)
@@ -101,13 +101,13 @@ def test_both_demo_stages_learn(runs):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["minigpt4_pretrain", "minigpt4_finetune"])
 def test_demo_stage_resumes_bit_identically(runs, name):
-    small = {"global_batch_size": 8, "per_device_batch_size": 8, "checkpoint_every": 3}
+    small = {"global_batch_size": 8, "per_device_batch_size": 8, "checkpoint_every": 2}
     straight, resumed = str(runs / f"{name}_straight"), str(runs / f"{name}_resumed")
-    train(demo(name, max_steps=6, **small), straight)
-    train(demo(name, max_steps=3, **small), resumed)
-    train(demo(name, max_steps=6, **small), resumed)  # same workdir: resumes at step 3
+    train(demo(name, max_steps=4, **small), straight)
+    train(demo(name, max_steps=2, **small), resumed)
+    train(demo(name, max_steps=4, **small), resumed)  # same workdir: resumes at step 2
     want, got = losses(straight), losses(resumed)
-    assert sorted(want) == list(range(1, 7)) and got == want
+    assert sorted(want) == list(range(1, 5)) and got == want
     _, a = load_sgv(os.path.join(straight, "sgv"))
     _, b = load_sgv(os.path.join(resumed, "sgv"))
     for path, value in flatten(a).items():
