@@ -3,7 +3,11 @@
 `square`: CLIPImageProcessor (resize shortest side, bicubic; centre crop; rescale; normalise).
 `pad`: expand2square with the CLIP mean colour first, then the same.
 `resize`: BLIP-2's `Blip2ImageEvalProcessor` (MINIGPT4.md §3.3): square bicubic resize through PIL
-to uint8, aspect ratio not kept, no crop. Each step reproduces
+to uint8, aspect ratio not kept, no crop.
+`random_resized_crop`: `blip2_image_train` of MiniGPT-4's first release (MINIGPT4.md §3.3):
+torchvision's `RandomResizedCrop(size, scale=(0.5, 1.0), BICUBIC)` on a PIL image, drawn from a
+numpy Generator the caller passes (the draw is the pipeline's, so a resumed run repeats it).
+Each step reproduces
 transformers' PIL backend bit for bit (PIL bicubic on uint8, the same integer crop offsets,
 float64 rescale cast to float32, float32 normalise), with the rescale+normalise done by a
 256-entry table per channel instead of per-pixel float math.
@@ -12,6 +16,7 @@ float64 rescale cast to float32, float32 normalise), with the rescale+normalise 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import numpy as np
@@ -19,7 +24,10 @@ from PIL import Image
 
 from sgv_jax.constants import CLIP_MEAN, CLIP_STD
 
-ASPECTS = ("square", "pad", "resize")
+ASPECTS = ("square", "pad", "resize", "random_resized_crop")
+# blip2_image_train's crop: area fraction and torchvision's default aspect-ratio range (§3.3).
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,30 @@ def resize_square(image: Image.Image, size: int) -> Image.Image:
     return image.resize((size, size), resample=Image.Resampling.BICUBIC)
 
 
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple[float, float] = CROP_SCALE,
+                            ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """torchvision `RandomResizedCrop.get_params`: (top, left, height, width) of the crop; ten
+    tries at a random area and log-uniform aspect ratio, then a centre crop as fallback."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = round(math.sqrt(target_area * aspect))
+        h = round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif in_ratio > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
 def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
     """transformers `center_crop` offsets on [H, W, C] (the image is never smaller here)."""
     height, width = pixels.shape[:2]
@@ -96,9 +128,17 @@ class ImageProcessor:
         self._table = normalization_table(config.mean, config.std)
         self._channel = np.arange(3)
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
+    def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> np.ndarray:
+        """`rng` draws the crop of `random_resized_crop` (and is required for it)."""
         if image.mode != "RGB":
             image = image.convert("RGB")
+        if self.config.aspect == "random_resized_crop":
+            if rng is None:
+                raise ValueError("aspect 'random_resized_crop' draws its crop from an rng; pass one")
+            top, left, h, w = random_resized_crop_box(*image.size, rng)
+            # torchvision F.resized_crop on PIL: crop, then resize((size, size), BICUBIC).
+            image = image.crop((left, top, left + w, top + h))
+            return self._table[np.asarray(resize_square(image, self.config.size)), self._channel]
         if self.config.aspect == "resize":
             return self._table[np.asarray(resize_square(image, self.config.size)), self._channel]
         if self.config.aspect == "pad":

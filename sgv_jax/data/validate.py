@@ -28,6 +28,7 @@ REASONS = (
         "tokenization_mismatch",  # §3.4's masking arithmetic does not add up
         "image_truncated",  # max_length would cut the image run
         "no_target_tokens",  # nothing left to train on (all labels masked after truncation)
+        "missing_caption",  # a webdataset sample with no .json caption and no .txt (MINIGPT4.md §7.10)
 )
 
 

@@ -108,12 +108,13 @@ def generate(out_dir: str, seed: int = 0) -> dict[str, str]:
     return paths
 
 
-def train_tokenizer(out_dir: str) -> None:
+def train_tokenizer(out_dir: str, extra_lines: tuple[str, ...] = ()) -> None:
     """A LLaMA-like BPE sentencepiece model over the demo's words (REFERENCE §8 settings)."""
     import sentencepiece as spm
 
     os.makedirs(out_dir, exist_ok=True)
-    lines = [VICUNA_V1.system, "USER: ASSISTANT:", "Describe the image.", *QUESTIONS.values()]
+    lines = [VICUNA_V1.system, "USER: ASSISTANT:", "Describe the image.", *QUESTIONS.values(),
+             *extra_lines]
     for color in COLORS:
         for shape in SHAPES:
             for position in POSITIONS:
@@ -135,6 +136,10 @@ def train_tokenizer(out_dir: str) -> None:
 def resolve_demo_data(config, workdir: str) -> None:
     """Fill the empty data fields of a demo config with the synthetic dataset, generated once
     into `data.demo_dir` (default WORKDIR/demo_data)."""
+    if config.get("minigpt4") is not None:
+        from sgv_jax.demo.minigpt4_data import resolve_minigpt4_demo_data
+
+        return resolve_minigpt4_demo_data(config, workdir)
     stage = "pretrain" if config.data.template == "plain" else "finetune"
     demo_dir = config.data.demo_dir or local_mirror(workdir, "demo_data")
     if jax.process_index() == 0:

@@ -168,6 +168,11 @@ class MiniGPT4Config:
     def vision_layers_used(self) -> int:
         return self.vision.num_layers  # the last block's output, no final norm (§1.1)
 
+    @property
+    def lora(self) -> None:
+        """No LoRA adapters: MiniGPT-4 trains llama_proj only (§3.2); the trainer reads this."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

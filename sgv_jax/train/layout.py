@@ -144,10 +144,7 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     """Everything a run's step needs, from abstract shapes only (nothing allocated)."""
     accum, micro = micro_batching(config, mesh)
     compute_dtype = DTYPES[config.compute_dtype]
-    o = config.optim
-    optimizer, schedule = optim.make_grouped_optimizer(
-        o.lr, o.get("projector_lr", 0.0), total_steps, o.warmup_ratio, o.b1, o.b2, o.eps,
-        o.weight_decay, o.grad_clip_norm or None)
+    optimizer, schedule = optim.optimizer_for(config.optim, total_steps)
     trainable = optim.TrainableSet(tuple(config.trainable_modules), config.tune_vit_from_layer)
 
     params = _with_shardings(llava.abstract_params(model), llava.param_shardings(model, mesh))

@@ -20,7 +20,6 @@ from tqdm import tqdm
 from sgv_jax import chips
 from sgv_jax.checkpoint import TrainCheckpointer
 from sgv_jax.data.batching import COUNTED
-from sgv_jax.data.records import RecordFile
 from sgv_jax.models import llava
 from sgv_jax.paths import resolve
 from sgv_jax.stop import AgreedStop, StopRequest, signal_name
@@ -89,7 +88,7 @@ def train(config, workdir: str) -> dict[str, Any]:
     if not config.data.tokenizer and config.init_from:
         with config.unlocked():
             config.data.tokenizer = os.path.join(config.init_from, "tokenizer")
-    num_records = len(RecordFile(config.data.train_file))
+    num_records = setup.count_records(config)
     run = setup.plan_run(config, workdir, num_records)
     is_main = jax.process_index() == 0
     leftovers = preflight.leftover_files(workdir)

@@ -168,3 +168,44 @@ def zero_padding_row_grad(grads: dict, pad_token_id: int | None) -> dict:
     table = lm["embed_tokens"]["embedding"]
     lm = {**lm, "embed_tokens": {"embedding": table.at[pad_token_id].set(0)}}
     return {**grads, "language_model": lm}
+
+
+def linear_warmup_cosine(init_lr: float, min_lr: float, warmup_lr: float, warmup_steps: int,
+                         total_steps: int) -> optax.Schedule:
+    """MiniGPT-4's `linear_warmup_cosine_lr` (MINIGPT4.md §3.2): for the first `warmup_steps`
+    updates `min(init, warmup + (init - warmup) * t / warmup_steps)`, then
+    `(init - min) * 0.5 * (1 + cos(pi * t / total)) + min` on the global step t (so the curve
+    jumps down a little where warmup ends, as the original's does). `t` = updates applied."""
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        warm = jnp.minimum(init_lr, warmup_lr + (init_lr - warmup_lr) * t / max(warmup_steps, 1))
+        cos = (init_lr - min_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * t / max(total_steps, 1))) + min_lr
+        return jnp.where(t < warmup_steps, warm, cos)
+
+    return schedule
+
+
+def decay_mask(params: dict) -> dict:
+    """True where MiniGPT-4/LAVIS apply weight decay: parameters of >= 2 dimensions whose name
+    holds no bias/norm (`p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n` get none, §3.2)."""
+    def decays(path, leaf) -> bool:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return leaf.ndim >= 2 and not any(s in name for s in ("bias", "norm", "ln_"))
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def optimizer_for(o, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, schedule) of a run config's `optim` fields: HF's warmup+cosine (LLaVA,
+    ShareGPT4V), or `schedule = "linear_warmup_cosine"` with MiniGPT-4's fields (`min_lr`,
+    `warmup_lr`, `warmup_steps`) and weight decay on matrices only (`decay_matrices_only`)."""
+    if o.get("schedule", "warmup_cosine") == "linear_warmup_cosine":
+        schedule = linear_warmup_cosine(o.lr, o.min_lr, o.warmup_lr, o.warmup_steps, total_steps)
+        steps = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
+        mask = decay_mask if o.get("decay_matrices_only", False) else None
+        steps.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                                 weight_decay=o.weight_decay, mask=mask))
+        return optax.chain(*steps), schedule
+    return make_grouped_optimizer(o.lr, o.get("projector_lr", 0.0), total_steps, o.warmup_ratio,
+                                  o.b1, o.b2, o.eps, o.weight_decay, o.grad_clip_norm or None)

@@ -7,7 +7,13 @@ import dataclasses
 from typing import Any
 
 from sgv_jax import sharding
-from sgv_jax.data import images, pipeline, templates
+from sgv_jax.data import (
+    images,
+    minigpt4_pipeline,
+    minigpt4_samples,
+    pipeline,
+    templates,
+)
 from sgv_jax.models.config import LoraConfig, VLMConfig, get_preset, validate
 from sgv_jax.models.nn import REMAT_POLICIES
 from sgv_jax.train import optim
@@ -35,6 +41,13 @@ def check_config(config) -> None:
                         f"{', '.join(templates.NAMES)}")
     if config.data.aspect not in images.ASPECTS:
         problems.append(f"data.aspect {config.data.aspect!r}: use one of {', '.join(images.ASPECTS)}")
+    minigpt4 = config.get("minigpt4")
+    if minigpt4 is None and config.data.aspect == "random_resized_crop":
+        problems.append("data.aspect 'random_resized_crop' is MiniGPT-4's training crop; "
+                        "LLaVA-format data takes square, pad or resize")
+    if minigpt4 is not None and minigpt4.stage not in minigpt4_pipeline.STAGES:
+        problems.append(f"minigpt4.stage {minigpt4.stage!r}: use 1 (webdataset shards) or 2 "
+                        "(cc_sbu_align)")
     if config.compute_dtype not in DTYPES:
         problems.append(f"compute_dtype {config.compute_dtype!r}: use {sorted(DTYPES)}")
     if config.remat not in REMAT_POLICIES:
@@ -84,10 +97,23 @@ def model_config(config) -> VLMConfig:
     return cfg
 
 
+def count_records(config) -> int:
+    """Samples in the training data (records of a LLaVA JSON file, or MiniGPT-4's)."""
+    minigpt4 = config.get("minigpt4")
+    if minigpt4 is not None:
+        return minigpt4_pipeline.count_records(minigpt4.stage, config.data.train_file,
+                                               config.data.image_folder)
+    from sgv_jax.data.records import RecordFile
+
+    return len(RecordFile(config.data.train_file))
+
+
 def plan_run(config, workdir: str, num_records: int) -> Run:
     cfg = model_config(config)
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     total = max(1, num_records * config.num_epochs // config.global_batch_size)
+    if config.get("total_steps", 0) > 0:  # a fixed number of iterations (MiniGPT-4's recipes)
+        total = config.total_steps
     stop = total if config.max_steps < 0 else min(config.max_steps, total)
     return Run(config, workdir, build_layout(config, cfg, mesh, total), total, stop)
 
@@ -96,6 +122,16 @@ def make_data(run: Run, data_file: str, seed: int, num_epochs: int | None, batch
               ) -> pipeline.DataIterator:
     c = run.config.data
     model = run.layout.model
+    minigpt4 = run.config.get("minigpt4")
+    if minigpt4 is not None:
+        instructions = (minigpt4_samples.read_prompt_file(minigpt4.prompts_file)
+                        if minigpt4.prompts_file else minigpt4_samples.ALIGNMENT_PROMPTS)
+        return minigpt4_pipeline.make_dataset(
+            minigpt4.stage, data_file, c.image_folder, c.tokenizer, instructions=instructions,
+            max_txt_len=minigpt4.max_txt_len, end_sym=minigpt4.end_sym, aspect=c.aspect,
+            image_size=model.vision.image_size, num_image_tokens=model.num_image_tokens,
+            max_length=c.max_length, global_batch_size=batch_size, seed=seed,
+            num_epochs=num_epochs, worker_count=c.worker_count, strict=c.strict)
     return pipeline.make_dataset(
         data_file, c.image_folder, c.tokenizer, c.template, aspect=c.aspect,
         image_size=model.vision.image_size, num_image_tokens=model.num_image_tokens,
