@@ -12,12 +12,24 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	.venv/bin/pip install -q --no-deps llava-torch==1.2.2.post1
 	touch $(VENV_STAMP)
 
+# lmms-eval's evaluation path for the lmms-eval backend and its test, beside the venv (not in it:
+# lmms-eval's full dependency set would move our pins); see requirements-lmms.txt. Put .lmms on
+# PYTHONPATH to run `python -m lmms_eval --model sgv_jax ...` with the venv's python.
+LMMS_STAMP := .lmms/.installed
+
+$(LMMS_STAMP): requirements-lmms.txt $(VENV_STAMP)
+	rm -rf .lmms
+	.venv/bin/pip install -q --no-deps --target .lmms -r requirements-lmms.txt
+	touch $(LMMS_STAMP)
+
 # Optional: the TPU compiler for launch/plan.py (exact TPU memory/FLOPs without a TPU).
 .libtpu: $(VENV_STAMP)
 	.venv/bin/pip install -q --no-deps --target .libtpu "libtpu==0.0.42.1"
 
-.PHONY: venv demo serve test test-fast libtpu
+.PHONY: venv demo serve test test-fast libtpu lmms
 libtpu: .libtpu
+
+lmms: $(LMMS_STAMP)
 
 venv: $(VENV_STAMP)
 
@@ -28,7 +40,7 @@ demo: $(VENV_STAMP)
 serve: $(VENV_STAMP)
 	$(PY) launch/serve.py --checkpoint runs/demo/finetune/sgv
 
-test: $(VENV_STAMP)
+test: $(VENV_STAMP) $(LMMS_STAMP)
 	$(PY) -m pytest tests -q -ra --durations=15
 
 test-fast: $(VENV_STAMP)

@@ -7,7 +7,8 @@ examples:
 
 Writes WORKDIR/demo_data/ (images, records, tokenizer), WORKDIR/{pretrain,finetune}/
 (checkpoints, metrics.jsonl, TensorBoard, the sgv/ export) and WORKDIR/report/ (losses.png,
-answers.png, results.json). Ctrl-C saves the running stage; the same command resumes it.
+answers.png, scores.md, results.json; eval/: the held-out questions as a GQA benchmark folder,
+answered and scored through launch/eval.py's harness). Ctrl-C saves the running stage; the same command resumes it.
 """
 
 import os

@@ -1,6 +1,6 @@
-"""The demo's evaluation and report: greedy answers to the held-out questions through the
-generation API (the answers `launch/generate.py run` gives), accuracy per question kind, loss
-curves and a grid of images with the model's answers (matplotlib PNGs)."""
+"""The demo's report: accuracy per question kind of the harness's answers (`sgv_jax/eval/`,
+greedy through the batched generator), the harness's score table, loss curves and a grid of
+images with the model's answers (matplotlib PNGs)."""
 
 from __future__ import annotations
 
@@ -9,31 +9,14 @@ import os
 from collections import defaultdict
 
 from sgv_jax.data.images import load_image
-from sgv_jax.generation import prompts
-from sgv_jax.generation.generator import Generator
 from sgv_jax.train.metrics import read_metrics
 
-MAX_ANSWER_TOKENS = 8  # answers are one to three words
+MAX_ANSWER_TOKENS = 8  # answers are one to three words (GQA's own budget is 128)
 
 
 def read_questions(answers_file: str) -> list[dict]:
     with open(answers_file) as f:
         return [json.loads(line) for line in f]
-
-
-def answer_questions(generator: Generator, questions: list[dict], image_folder: str,
-                     batch_size: int = 100) -> list[str]:
-    """Greedy v1 answers, one per question, in batches of a fixed size (one compiled program)."""
-    answers = []
-    for start in range(0, len(questions), batch_size):
-        chunk = questions[start:start + batch_size]
-        texts = [prompts.build_prompt("v1", q["question"], has_image=True) for q in chunk]
-        pixels = [generator.preprocess(load_image(os.path.join(image_folder, q["image"])))
-                  for q in chunk]
-        completions = generator.complete(texts, pixels, max_new_tokens=MAX_ANSWER_TOKENS,
-                                         pad_to=batch_size)
-        answers += [c.text for c in completions]
-    return answers
 
 
 def score(questions: list[dict], answers: list[str]) -> tuple[dict[str, float], list[dict]]:
@@ -51,10 +34,23 @@ def score(questions: list[dict], answers: list[str]) -> tuple[dict[str, float], 
     return accuracy, results
 
 
-def evaluate(generator: Generator, answers_file: str, image_folder: str
-             ) -> tuple[dict[str, float], list[dict]]:
-    questions = read_questions(answers_file)
-    return score(questions, answer_questions(generator, questions, image_folder))
+def score_line(scores: dict) -> str:
+    """One line: the harness's headline score of the demo benchmark and where its files are."""
+    return (f"  {scores['benchmark']} (launch/eval.py score): {scores['headline_name']} "
+            f"{scores['headline']:.1f}; answers {scores['answers']}")
+
+
+def write_score_table(scores: dict, path: str) -> None:
+    """The harness's score as a Markdown table: overall, then one row per question kind
+    (GQA's semantic type), in %."""
+    metrics = scores["metrics"]
+    rows = [("all", metrics["accuracy"])] + sorted(metrics["per_semantic_type"].items())
+    title = (f"Demo held-out questions as a `{scores['benchmark']}` benchmark, scored by "
+             f"`launch/eval.py score` ({metrics['questions']} questions; chance 25%).")
+    lines = [title, "", "| question kind | accuracy (%) |", "|---|---:|"]
+    lines += [f"| {kind} | {value:.1f} |" for kind, value in rows]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def plot_losses(workdirs: dict[str, str], path: str) -> None:

@@ -1,5 +1,6 @@
 """Runs the demo end to end: pretrain → finetune (initialised from pretrain's sgv export) →
-held-out accuracy and a report. Configs are the `demo` variants of the real stage configs; both
+held-out accuracy, scored through the benchmark harness (`sgv_jax/eval/`, as `launch/eval.py
+run` / `score` on a GQA-format folder), and a report. Configs are the `demo` variants of the real stage configs; both
 stages read one dataset, generated once into WORKDIR/demo_data."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import os
 import time
 
 from sgv_jax.demo import data, report
-from sgv_jax.generation.generator import Generator
+from sgv_jax.eval.demo_bench import answers_in_order, evaluate_demo
 from sgv_jax.train.config_file import load_config_file
 from sgv_jax.train.loop import train
 
@@ -41,18 +42,24 @@ def run_demo(workdir: str) -> dict:
     if result.get("stopped_by"):
         return result
 
-    print("== evaluation: greedy answers to held-out questions (launch/generate.py's decoding) ==")
-    generator = Generator.from_checkpoint(os.path.join(finetune_dir, "sgv"))
+    print("== evaluation: held-out questions through launch/eval.py's harness (GQA format) ==")
     paths = data.generate(demo_dir)
-    accuracy, results = report.evaluate(generator, paths["answers"], paths["image_folder"])
     report_dir = os.path.join(workdir, "report")
-    os.makedirs(report_dir, exist_ok=True)
+    eval_dir = os.path.join(report_dir, "eval")
+    scores = evaluate_demo(os.path.join(finetune_dir, "sgv"), demo_dir, eval_dir,
+                           max_new_tokens=report.MAX_ANSWER_TOKENS)
+    questions = report.read_questions(paths["answers"])
+    accuracy, results = report.score(
+        questions, answers_in_order(scores["answers"], len(questions)))
     report.plot_losses({"stage 1 (pretrain)": pretrain_dir, "stage 2 (finetune)": finetune_dir},
                        os.path.join(report_dir, "losses.png"))
     report.answer_grid(results, paths["image_folder"], os.path.join(report_dir, "answers.png"))
-    summary = {**accuracy, "questions": len(results), "seconds": round(time.time() - t0, 1)}
+    report.write_score_table(scores, os.path.join(report_dir, "scores.md"))
+    summary = {**accuracy, "questions": len(results), "seconds": round(time.time() - t0, 1),
+               "benchmark_score": scores["headline"]}
     with open(os.path.join(report_dir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "answers": results}, f, indent=1)
+        json.dump({"summary": summary, "scores": scores, "answers": results}, f, indent=1)
     for key, value in sorted(accuracy.items()):
         print(f"  {key}: {value:.1%}")
+    print(report.score_line(scores))
     return summary

@@ -14,7 +14,20 @@ import json
 import os
 import shutil
 
+from sgv_jax.eval.answers import read_answers
 from sgv_jax.eval.benchmarks import get_benchmark
+
+
+def question_id(index: int) -> str:
+    """The `question_id` of the demo's `index`-th held-out question (its line in
+    eval_answers.jsonl)."""
+    return f"demo{index:05d}"
+
+
+def answers_in_order(answers_path: str, count: int) -> list[str]:
+    """The texts of a `run` answers file, in the order of eval_answers.jsonl."""
+    by_id = {a["question_id"]: a["text"] for a in read_answers(answers_path)}
+    return [by_id[question_id(i)] for i in range(count)]
 
 
 def write_demo_benchmark(answers_file: str, image_folder: str, out_dir: str) -> str:
@@ -26,7 +39,7 @@ def write_demo_benchmark(answers_file: str, image_folder: str, out_dir: str) -> 
         records = [json.loads(line) for line in f if line.strip()]
     questions, lines = {}, []
     for i, record in enumerate(records):
-        qid = f"demo{i:05d}"
+        qid = question_id(i)
         image = os.path.basename(record["image"])
         target = os.path.join(out_dir, bench.images, image)
         if not os.path.exists(target):
