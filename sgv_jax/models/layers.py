@@ -22,7 +22,7 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu_exact, "silu": jax.nn.silu
 # Queries are processed in blocks of this many rows when the sequence is longer: the fp32
 # scores of one block ([B, N, 256, S]) are rematerialised in the backward pass instead of the
 # whole [B, N, T, S] (8.6 GB per layer for 16 x 32 heads x 2048² in fp32).
-QUERY_BLOCK = 256
+QUERY_BLOCK = 128
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
