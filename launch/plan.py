@@ -69,6 +69,8 @@ def main(argv) -> int:
             os.environ["XLA_FLAGS"] += f" --xla_dump_to={dump_dir}"
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu compiles offline
+        # Compile-only: several planners on one machine must not fight over libtpu's lockfile.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         from sgv_jax import plan
 
         config = FLAGS.config
@@ -81,15 +83,13 @@ def main(argv) -> int:
                 if FLAGS[flag].value is not None:
                     node, _, leaf = field.rpartition(".")
                     (config[node] if node else config)[leaf] = FLAGS[flag].value
-        from sgv_jax.models.config import get_preset
-
         target = plan.tpu_devices(FLAGS.chip, devices)
         where = (f"{devices} x {FLAGS.chip} (XLA's TPU compiler, no TPU needed)" if target
                  else f"{devices} simulated CPU devices (XLA:CPU; `make libtpu` for TPU-exact "
                       "numbers)")
         print(f"compiling the {config.model} train step for {where}...", flush=True)
         try:
-            result, _ = plan.plan(config, get_preset(config.model), devices=target)
+            result, _ = plan.plan(config, plan.planned_model(config), devices=target)
         except plan.DoesNotFit as e:
             # The compiler's own report names the largest buffers (shape, op, source line).
             print("does NOT fit:\n" + "\n".join(str(e).splitlines()[:60]))

@@ -68,7 +68,7 @@ def per_device_bytes(abstract_tree, shardings) -> int:
 # Chip counts → the physical topology libtpu compiles for (3D tori for v4/v5p, 2D for v5e/v6e).
 _TORUS_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
              256: "4x8x8", 512: "8x8x8", 1024: "8x8x16"}
-_TORUS_2D = {4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+_TORUS_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
 
 
 def tpu_devices(chip: str, count: int):
@@ -85,10 +85,22 @@ def tpu_devices(chip: str, count: int):
 
         # A v4 chip's two cores run as one device ("megacore"), as jax uses them.
         extra = {"chip_config_name": "megacore"} if chip == "v4" else {}
+        if count == 1:  # one chip: the default 2x2 chips-per-host does not divide 1x1
+            extra["chips_per_host_bounds"] = (1, 1, 1)
         return topologies.get_topology_desc(platform="tpu", topology_name=f"{name}:{shapes[count]}",
                                             **extra).devices
     except Exception:  # noqa: BLE001 -- no libtpu: fall back to simulated CPU devices
         return None
+
+
+def planned_model(config) -> VLMConfig:
+    """The config's preset with the run's LoRA adapters, if any (setup.lora_config): a LoRA
+    plan holds the frozen base in the compute dtype and Adam only for adapters + projector."""
+    from sgv_jax.models.config import get_preset
+    from sgv_jax.train.setup import lora_config
+
+    cfg, lora = get_preset(config.model), lora_config(config)
+    return cfg if lora is None else cfg.replace(lora=lora)
 
 
 def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:

@@ -40,3 +40,21 @@ def test_a_cpu_compiled_plan_gives_no_fit_verdict_and_names_make_libtpu():
     assert ": NO" not in text and ": yes" not in text
     assert plan.report(dataclasses.replace(result, compiled_for_tpu=True), "v4", 0.4).count(
         "fits v4: yes") == 1
+
+
+def test_a_lora_config_is_planned_with_its_adapters_and_adam_only_for_them():
+    from sgv_jax.models import llava, lora
+    from sgv_jax.models.storage import flatten
+
+    config = load_config_file("configs/llava15_finetune_lora.py:demo")
+    with config.unlocked():
+        config.per_device_batch_size = config.global_batch_size = 4
+        config.data.max_length = 32
+    cfg = plan.planned_model(config)
+    assert cfg.lora is not None and cfg.lora.rank == config.lora.rank
+    result, _ = plan.plan(config, cfg)
+    projector = sum(v.size for p, v in flatten(llava.abstract_params(cfg)).items()
+                    if p.startswith("projector/"))
+    assert result.trainable_params == lora.adapter_count(cfg) + projector
+    # fp32 Adam mu and nu of the trained part only (one device), plus the groups' step counts.
+    assert 0 <= result.opt_bytes - 2 * 4 * result.trainable_params <= 64
