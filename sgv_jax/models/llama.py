@@ -133,14 +133,15 @@ class LlamaDecoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
-        """cache: None, or (k [L, B, S, K, H], v, this layer's index, write index): the new
-        keys/values are written into the stacked cache, which is returned. `dropout_key`: this
-        layer's key for the adapters' dropout (training only)."""
+        """cache: None, or (k [L, B, K, S, H], v, this layer's index, write index, attend): the
+        new keys/values are written into the stacked cache, which is returned; attention reads
+        its first `attend` slots (static; None: all). `dropout_key`: this layer's key for the
+        adapters' dropout (training only)."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
-            ks, vs, layer, index = cache
+            ks, vs, layer, index, attend = cache
             ks, vs = _write_kv(ks, k, index, layer), _write_kv(vs, v, index, layer)
-            k, v = ks[layer], vs[layer]  # [B, K, S, H]
+            k, v = ks[layer, :, :, :attend], vs[layer, :, :, :attend]  # [B, K, S', H]
             cache = (ks, vs)
         x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key,
                                                 kv_heads_major=cache is not None), ACT)
@@ -164,12 +165,15 @@ class LlamaModel(nnx.Module):
 
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                cache: dict | None = None, remat: str = "none",
-               dropout_key: jax.Array | None = None):
+               dropout_key: jax.Array | None = None, attend: int | None = None):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
         token). Without a cache, attention is causal over the T inputs. With a cache, the T
         inputs are written at slots [index, index+T) and attend to every valid earlier slot.
+        `attend` (static) limits attention to the first `attend` cache slots, which must hold
+        every slot the queries may see: a decode step then reads only the used part of a long
+        cache (attention over all S slots dominated a 32-row decode step, bench_serve.py).
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
@@ -182,9 +186,9 @@ class LlamaModel(nnx.Module):
             index = cache["index"]
             key_mask = _write_rows(cache["mask"], valid, index)
             query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
-            key_slot = jnp.arange(key_mask.shape[1])
+            key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
-        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :]
+        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :attend]
 
         x = constrain(embeds, ACT)
         if cache is None:
@@ -198,7 +202,7 @@ class LlamaModel(nnx.Module):
         else:
             def block(layer, carry, i):
                 x, ks, vs = carry
-                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index))
+                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index, attend))
                 return (x, ks, vs), None
 
             kv = (constrain(cache["k"], KV_ACT), constrain(cache["v"], KV_ACT))
