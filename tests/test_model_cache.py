@@ -13,9 +13,12 @@ def language_model(seed: int) -> llama.LlamaModel:
     return build_model(get_preset("tiny_even"), nnx.Rngs(seed)).language_model
 
 
-def test_cached_decoding_equals_full_forward(highest_precision):
+@pytest.mark.parametrize("split", [False, True])
+def test_cached_decoding_equals_full_forward(highest_precision, split):
+    """Also with the layers split into one module each (`split_layers`, what decode loops run)."""
     lm = language_model(0)
     text = lm.cfg
+    layers = lm.split_layers() if split else None
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(1, text.vocab_size, size=(2, 9)), jnp.int32)
     mask = jnp.ones_like(ids)
@@ -26,7 +29,8 @@ def test_cached_decoding_equals_full_forward(highest_precision):
 
     cache = llama.init_cache(text, batch=2, max_len=16, dtype=jnp.float32)
     prompt = 5
-    step = jax.jit(lambda c, i, p: lm.decode(lm.embed(i, jnp.float32), p, jnp.ones_like(i), c))
+    step = jax.jit(lambda c, i, p: lm.decode(lm.embed(i, jnp.float32), p, jnp.ones_like(i), c,
+                                             layers=layers))
     hidden, cache = step(cache, ids[:, :prompt], positions[:, :prompt])
     got = [lm.logits(hidden)]
     for t in range(prompt, ids.shape[1]):

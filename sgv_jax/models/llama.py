@@ -165,7 +165,8 @@ class LlamaModel(nnx.Module):
 
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                cache: dict | None = None, remat: str = "none",
-               dropout_key: jax.Array | None = None, attend: int | None = None):
+               dropout_key: jax.Array | None = None, attend: int | None = None,
+               layers: list[LlamaDecoderLayer] | None = None):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
@@ -174,6 +175,7 @@ class LlamaModel(nnx.Module):
         `attend` (static) limits attention to the first `attend` cache slots, which must hold
         every slot the queries may see: a decode step then reads only the used part of a long
         cache (attention over all S slots dominated a 32-row decode step, bench_serve.py).
+        `layers` (with a cache): `split_layers()`'s modules, run in their place.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
@@ -206,10 +208,28 @@ class LlamaModel(nnx.Module):
                 return (x, ks, vs), None
 
             kv = (constrain(cache["k"], KV_ACT), constrain(cache["v"], KV_ACT))
-            (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
-                                            jnp.arange(self.cfg.num_layers), remat=remat)
+            if layers is None:
+                (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
+                                                jnp.arange(self.cfg.num_layers), remat=remat)
+            else:
+                carry = (x, *kv)
+                for i, layer in enumerate(layers):
+                    carry, _ = block(layer, carry, i)
+                x, ks, vs = carry
             new_cache = {"k": ks, "v": vs, "mask": key_mask, "index": index + t}
         return self.norm(x), new_cache
+
+    def split_layers(self) -> list[LlamaDecoderLayer]:
+        """The stacked layers as one module per layer, each with its own weight buffers.
+
+        For decode loops: call it outside the loop and pass the result to `decode(layers=)`.
+        Scanning the stacked layers makes XLA:CPU copy each layer's weights out of the stack
+        before its matmuls (a kLoop dynamic-slice fusion: the weights are read 3x per step);
+        a decode step is bound by those reads (bench_generate.py)."""
+        graphdef, state = nnx.split(self.layers)
+        state = nnx.to_pure_dict(state)
+        return [nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
+                for i in range(self.cfg.num_layers)]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] → fp32 logits [B, T, V]."""
