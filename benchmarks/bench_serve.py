@@ -48,8 +48,8 @@ QUESTIONS = ["What is in the picture?", "Describe the image in detail.",
 
 def write_bench_checkpoint(folder: str) -> str:
     from sgv_jax.checkpoint_sgv import save_sgv
-    from sgv_jax.data.demo import train_tokenizer
     from sgv_jax.data.tokenize import load_tokenizer
+    from sgv_jax.demo.data import train_tokenizer
     from sgv_jax.models import get_preset, llava
 
     tokenizer_dir = os.path.join(folder, "tokenizer")

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from sgv_jax.models import build_model, get_preset, llama, llava
@@ -12,9 +13,12 @@ def language_model(seed: int) -> llama.LlamaModel:
     return build_model(get_preset("tiny_even"), nnx.Rngs(seed)).language_model
 
 
-def test_cached_decoding_equals_full_forward(highest_precision):
+@pytest.mark.parametrize("split", [False, True])
+def test_cached_decoding_equals_full_forward(highest_precision, split):
+    """Also with the layers split into one module each (`split_layers`, what decode loops run)."""
     lm = language_model(0)
     text = lm.cfg
+    layers = lm.split_layers() if split else None
     rng = np.random.default_rng(0)
     ids = jnp.asarray(rng.integers(1, text.vocab_size, size=(2, 9)), jnp.int32)
     mask = jnp.ones_like(ids)
@@ -25,7 +29,8 @@ def test_cached_decoding_equals_full_forward(highest_precision):
 
     cache = llama.init_cache(text, batch=2, max_len=16, dtype=jnp.float32)
     prompt = 5
-    step = jax.jit(lambda c, i, p: lm.decode(lm.embed(i, jnp.float32), p, jnp.ones_like(i), c))
+    step = jax.jit(lambda c, i, p: lm.decode(lm.embed(i, jnp.float32), p, jnp.ones_like(i), c,
+                                             layers=layers))
     hidden, cache = step(cache, ids[:, :prompt], positions[:, :prompt])
     got = [lm.logits(hidden)]
     for t in range(prompt, ids.shape[1]):
@@ -52,9 +57,11 @@ def test_left_padded_prompt_in_cache_matches_unpadded(highest_precision):
     np.testing.assert_allclose(hidden[:, 2:], alone, atol=1e-5, rtol=0)
 
 
-def test_rows_write_at_their_own_cache_slots(highest_precision):
+@pytest.mark.parametrize("attend", [None, 4])
+def test_rows_write_at_their_own_cache_slots(highest_precision, attend):
     """With a per-row write index (continuous batching), each row's next token sees exactly its
-    own earlier tokens, whatever the other rows hold."""
+    own earlier tokens, whatever the other rows hold; also when attention reads only the first
+    4 of the 8 cache slots (all the rows use), as the serving engine's decode step does."""
     lm = language_model(4)
     a = jnp.asarray([[7, 8, 9, 10]], jnp.int32)
     b = jnp.asarray([[20, 21]], jnp.int32)
@@ -74,8 +81,9 @@ def test_rows_write_at_their_own_cache_slots(highest_precision):
     cache["index"] = jnp.asarray([3, 1], jnp.int32)
     last = jnp.asarray([[a[0, 3]], [b[0, 1]]], jnp.int32)
     hidden, cache = lm.decode(lm.embed(last, jnp.float32), cache["index"][:, None],
-                              jnp.ones_like(last), cache)
+                              jnp.ones_like(last), cache, attend=attend)
     got = lm.logits(hidden)[:, -1]
     np.testing.assert_allclose(got[0], ref[0][0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got[1], ref[1][0], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(cache["index"], [4, 2])
+    assert cache["k"].shape[3] == 8  # the whole cache comes back, written in place

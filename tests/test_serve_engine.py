@@ -53,6 +53,7 @@ def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
     Generator.complete one by one; a second round with new sampling settings, seeds and
     lengths in the same bucket compiles nothing new."""
     engine = Engine(gen, slots=3)
+    engine.warm_up()
     scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=8)
     pixels = [image(0), None, image(1), None]
     jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]

@@ -101,6 +101,7 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
     rows are done. `finished` [B] bool marks rows the host stopped (stop strings). `state` is
     donated: the caller must use the returned one."""
     lm = llava.from_params(cfg, params).language_model
+    layers = lm.split_layers()  # once per call, outside the loop: see LlamaModel.split_layers
     stop_at = jnp.minimum(stop_at, max_new_tokens)
     state = {**state, "done": state["done"] | finished}
 
@@ -110,7 +111,8 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
     def step(s: State) -> State:
         last = jax.lax.dynamic_index_in_dim(s["tokens"], s["step"] - 1, axis=1)  # [B, 1]
         embeds = lm.embed(last, dtype)
-        hidden, cache = lm.decode(embeds, s["position"][:, None], jnp.ones_like(last), s["cache"])
+        hidden, cache = lm.decode(embeds, s["position"][:, None], jnp.ones_like(last), s["cache"],
+                                  layers=layers)
         logits = lm.logits(hidden)[:, 0]
         key, sub = jax.random.split(s["key"])
         token = choose_token(logits, s["seen"], sampling, sub)

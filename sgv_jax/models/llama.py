@@ -153,14 +153,15 @@ class LlamaDecoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
-        """cache: None, or (k [L, B, S, K, H], v, this layer's index, write index): the new
-        keys/values are written into the stacked cache, which is returned. `dropout_key`: this
-        layer's key for the adapters' dropout (training only)."""
+        """cache: None, or (k [L, B, K, S, H], v, this layer's index, write index, attend): the
+        new keys/values are written into the stacked cache, which is returned; attention reads
+        its first `attend` slots (static; None: all). `dropout_key`: this layer's key for the
+        adapters' dropout (training only)."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
-            ks, vs, layer, index = cache
+            ks, vs, layer, index, attend = cache
             ks, vs = _write_kv(ks, k, index, layer), _write_kv(vs, v, index, layer)
-            k, v = ks[layer], vs[layer]  # [B, K, S, H]
+            k, v = ks[layer, :, :, :attend], vs[layer, :, :, :attend]  # [B, K, S', H]
             cache = (ks, vs)
         x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key,
                                                 kv_heads_major=cache is not None), ACT)
@@ -184,12 +185,17 @@ class LlamaModel(nnx.Module):
 
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                cache: dict | None = None, remat: str = "none",
-               dropout_key: jax.Array | None = None):
+               dropout_key: jax.Array | None = None, attend: int | None = None,
+               layers: list[LlamaDecoderLayer] | None = None):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
         token). Without a cache, attention is causal over the T inputs. With a cache, the T
         inputs are written at slots [index, index+T) and attend to every valid earlier slot.
+        `attend` (static) limits attention to the first `attend` cache slots, which must hold
+        every slot the queries may see: a decode step then reads only the used part of a long
+        cache (attention over all S slots dominated a 32-row decode step, bench_serve.py).
+        `layers` (with a cache): `split_layers()`'s modules, run in their place.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
@@ -202,9 +208,9 @@ class LlamaModel(nnx.Module):
             index = cache["index"]
             key_mask = _write_rows(cache["mask"], valid, index)
             query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
-            key_slot = jnp.arange(key_mask.shape[1])
+            key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
-        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :]
+        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :attend]
 
         x = constrain(embeds, ACT)
         if cache is None:
@@ -218,14 +224,32 @@ class LlamaModel(nnx.Module):
         else:
             def block(layer, carry, i):
                 x, ks, vs = carry
-                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index))
+                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index, attend))
                 return (x, ks, vs), None
 
             kv = (constrain(cache["k"], KV_ACT), constrain(cache["v"], KV_ACT))
-            (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
-                                            jnp.arange(self.cfg.num_layers), remat=remat)
+            if layers is None:
+                (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
+                                                jnp.arange(self.cfg.num_layers), remat=remat)
+            else:
+                carry = (x, *kv)
+                for i, layer in enumerate(layers):
+                    carry, _ = block(layer, carry, i)
+                x, ks, vs = carry
             new_cache = {"k": ks, "v": vs, "mask": key_mask, "index": index + t}
         return self.norm(x), new_cache
+
+    def split_layers(self) -> list[LlamaDecoderLayer]:
+        """The stacked layers as one module per layer, each with its own weight buffers.
+
+        For decode loops: call it outside the loop and pass the result to `decode(layers=)`.
+        Scanning the stacked layers makes XLA:CPU copy each layer's weights out of the stack
+        before its matmuls (a kLoop dynamic-slice fusion: the weights are read 3x per step);
+        a decode step is bound by those reads (bench_generate.py)."""
+        graphdef, state = nnx.split(self.layers)
+        state = nnx.to_pure_dict(state)
+        return [nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
+                for i in range(self.cfg.num_layers)]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] → fp32 logits [B, T, V]."""

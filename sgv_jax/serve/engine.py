@@ -7,7 +7,9 @@ the cache is updated in place:
 
   prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
                 cache row, and its first token. Compiled once per (bucket, with/without image).
-  decode_step   one token for every slot. Compiled once.
+  decode_step   one token for every slot, attending to the first `attend` cache positions
+                (the longest running request's, rounded up to a quarter of the context):
+                one program per quarter, all compiled by `warm_up`.
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
 Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
@@ -33,6 +35,9 @@ SlotState = dict  # cache (index [B]), token [B], position [B], step [B], temper
 #                   top_p [B], seed [B]
 
 _STATIC = ("cfg", "dtype", "top_k")
+# Decode programs per context: attention reads the used quarters of the cache only. A 32-slot
+# step on bench_serve.py's model spent most of its time in attention over all 512 slots.
+ATTEND_BUCKETS = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +105,16 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
             "top_p": put("top_p", top_p), "seed": put("seed", seed)}, token
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "attend"), donate_argnames=("state",))
 def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
-                dtype: str, top_k: int) -> tuple[SlotState, jax.Array]:
+                dtype: str, top_k: int, attend: int) -> tuple[SlotState, jax.Array]:
     """Feeds every slot its last token; returns the state and the next token per slot [B].
-    Inactive slots compute too (static shapes) but neither advance nor matter."""
+    Inactive slots compute too (static shapes) but neither advance nor matter. Every active
+    slot's cache index must be below `attend`."""
     lm = llava.from_params(cfg, params).language_model
     last = state["token"][:, None]  # [B, 1]
     hidden, cache = lm.decode(lm.embed(last, dtype), state["position"][:, None],
-                              jnp.ones_like(last), state["cache"])
+                              jnp.ones_like(last), state["cache"], attend=attend)
     logits = lm.logits(hidden)[:, 0]
     token = choose_tokens_per_row(logits, state["temperature"], state["top_p"],
                                   _row_keys(state["seed"], state["step"]), top_k)
@@ -141,11 +147,13 @@ class Engine:
         self.context = context or positions
         self.bucket = bucket
         self.static = {"cfg": self.cfg, "dtype": generator.dtype, "top_k": top_k}
+        self.attend_bucket = -(-self.context // ATTEND_BUCKETS)
         self.reset()
 
     def reset(self) -> None:
         """Fresh (empty) slots, e.g. after a failed device call left the donated state unusable."""
         self.state = init_slots(self.cfg, self.slots, self.context, self.generator.dtype)
+        self.index = np.zeros(self.slots, np.int64)  # the host's copy of the cache indices
 
     def prefill(self, slot: int, request: SlotRequest) -> int:
         """Starts `request` in `slot` (replacing whatever was there); returns its first token."""
@@ -160,17 +168,29 @@ class Engine:
             self.generator.params, self.state, np.int32(slot), ids, np.int32(n), pixels,
             np.float32(request.temperature), np.float32(request.top_p),
             np.uint32(request.seed % 2**32), **self.static)
+        self.index[slot] = n
         return int(token)
 
     def step(self, active: np.ndarray) -> np.ndarray:
         """One decode step for every slot; `active` [B] bool marks the slots in use."""
-        self.state, tokens = decode_step(self.generator.params, self.state,
-                                         np.asarray(active, bool), **self.static)
+        active = np.asarray(active, bool)
+        needed = int(self.index[active].max()) + 1 if active.any() else 1
+        self.state, tokens = decode_step(self.generator.params, self.state, active,
+                                         attend=self._attend(needed), **self.static)
+        self.index[active] += 1
         return np.asarray(tokens)
 
+    def _attend(self, needed: int) -> int:
+        """The smallest of the ATTEND_BUCKETS cache prefixes that holds `needed` slots."""
+        return min(prompts.bucket_length(needed, self.attend_bucket), self.context)
+
     def warm_up(self) -> None:
-        """Compiles the decode step (every request needs it) before the first request."""
-        self.step(np.zeros(self.slots, bool))
+        """Compiles every decode program before the first request (a program compiled while
+        requests run would stall them all)."""
+        idle = np.zeros(self.slots, bool)
+        for needed in range(1, self.context + 1, self.attend_bucket):
+            self.state, _ = decode_step(self.generator.params, self.state, idle,
+                                        attend=self._attend(needed), **self.static)
 
     @staticmethod
     def compiled_programs() -> int:
