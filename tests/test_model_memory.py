@@ -16,7 +16,6 @@ def test_blocked_attention_equals_full(highest_precision, monkeypatch):
     mask = jnp.tril(jnp.ones((8, 8), bool))[None].repeat(2, 0)
     full = layers.attention(q, k, v, mask)
     monkeypatch.setattr(layers, "QUERY_BLOCK", 2)
-    monkeypatch.setattr(layers, "SCORES_BUDGET_BYTES", 0)  # block even these tiny scores
     np.testing.assert_allclose(layers.attention(q, k, v, mask), full, atol=1e-6, rtol=0)
     np.testing.assert_allclose(layers.attention(q, k, v, None), layers._attention(q, k, v, None),
                                atol=1e-6, rtol=0)

@@ -19,14 +19,10 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu_exact, "silu": jax.nn.silu}
 
 
-# Queries are processed in blocks of this many rows when the sequence is longer and the whole
-# fp32 scores [B, N, T, S] would exceed SCORES_BUDGET_BYTES (8.6 GB per layer for 16 x 32 heads
-# x 2048²): one block's scores are then rematerialised in the backward pass instead. Below the
-# budget the blocks only cost time (QK^T and softmax recomputed, and a loop that XLA:CPU runs
-# block by block), so attention runs whole (issue 18: 2 x 12 heads x 512², 25 MB, in
-# benchmarks/bench_train.py).
+# Queries are processed in blocks of this many rows when the sequence is longer: the fp32
+# scores of one block ([B, N, 256, S]) are rematerialised in the backward pass instead of the
+# whole [B, N, T, S] (8.6 GB per layer for 16 x 32 heads x 2048² in fp32).
 QUERY_BLOCK = 256
-SCORES_BUDGET_BYTES = 256 << 20
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
@@ -39,8 +35,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
     blocking the queries changes no result.
     """
     b, t, n, h = q.shape
-    scores_bytes = 4 * b * n * t * k.shape[2 if kv_heads_major else 1]
-    if t <= QUERY_BLOCK or t % QUERY_BLOCK or scores_bytes <= SCORES_BUDGET_BYTES:
+    if t <= QUERY_BLOCK or t % QUERY_BLOCK:
         return _attention(q, k, v, mask, kv_heads_major)
     blocks = t // QUERY_BLOCK
     qs = q.reshape(b, blocks, QUERY_BLOCK, n, h).swapaxes(0, 1)

@@ -37,12 +37,8 @@ from sgv_jax.sharding import check_whole_heads, tree_shardings
 
 __all__ = ["REMAT_POLICIES", "LlavaModel", "build_model", "check_remat"]
 
-# Rows of the vocabulary projection computed at once by the loss when the whole fp32 logits
-# [B, L, V] would exceed LOGITS_BUDGET_BYTES (see `LlavaModel.loss_terms`). Below it, chunks
-# only cost time: each chunk's lm_head forward is recomputed in the backward pass (+1/3 of the
-# lm_head's FLOPs, the largest matmul of a small model's step; issue 18).
+# Rows of the vocabulary projection computed at once by the loss (see `LlavaModel.loss_terms`).
 LOSS_CHUNK = 256
-LOGITS_BUDGET_BYTES = 256 << 20
 
 
 def image_positions(input_ids: jax.Array, cfg: VLMConfig) -> jax.Array:
@@ -120,20 +116,16 @@ class LlavaModel(nnx.Module):
         return self.language_model.logits(hidden), out
 
     def loss_terms(self, batch: dict, dtype=jnp.float32, remat: str = "none",
-                   no_grad_below: int = 0, chunk: int | None = None,
+                   no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
                    dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(sum of shifted token losses, counted tokens). With `chunk` (default: LOSS_CHUNK when
-        the fp32 logits would exceed LOGITS_BUDGET_BYTES, else none) the [B, L, V] logits are
-        never materialised: the vocabulary projection and cross-entropy run over `chunk`-token
-        slices, each rematerialised in the backward pass (16 x 2048 x 32000 would be 4 GB)."""
+        """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
+        the vocabulary projection and cross-entropy run over `chunk`-token slices, each
+        rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
         hidden = self.hidden_states(batch, dtype, remat, no_grad_below, dropout_key=dropout_key)
         # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
         labels = batch["labels"]
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], 1)
         length = hidden.shape[1]
-        if chunk is None:
-            logits_bytes = 4 * hidden.shape[0] * length * self.cfg.text.vocab_size
-            chunk = LOSS_CHUNK if logits_bytes > LOGITS_BUDGET_BYTES else length
         if length <= chunk or length % chunk:
             return self._chunk_losses(hidden, targets)
         lm_graph, lm_state = nnx.split(self.language_model)
@@ -255,7 +247,7 @@ def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
 
 
 def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-               remat: str = "none", no_grad_below: int = 0, chunk: int | None = None,
+               remat: str = "none", no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     model = from_params(cfg, cast_floating(params, dtype))
     return model.loss_terms(batch, dtype, remat, no_grad_below, chunk, dropout_key)
