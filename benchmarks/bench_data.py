@@ -1,6 +1,7 @@
 """Data pipeline throughput vs the reference path, and opening a 1.2M-record file.
 
     python benchmarks/bench_data.py [--samples 256] [--workers 2] [--big-records 1200000]
+                                    [--chip v5p] [--mfu 0.4]
 
 1. Synthetic 640x480 JPEGs and v1 multi-turn records, a LLaMA-size (32000) sentencepiece
    vocabulary trained here on synthetic text (cached under the temp dir).
@@ -10,13 +11,24 @@
 3. Ours: make_dataset (worker_count=0, i.e. the same single core), then with N workers.
 4. A synthetic 1.2M-record JSON list: index build time and peak RSS, then opening it and
    taking the first batch in a fresh process (time and peak RSS).
-Prints samples/s, the ratio ours/reference (per core: both on one core) and the RSS numbers.
+Prints samples/s per core (samples per CPU-second of every thread and worker process that did
+the work, so other users' load on a shared machine does not enter the ratio) and wall-clock
+samples/s, the ratio ours/reference per core, the host cores one chip needs to be fed at the
+planner's step time for the ShareGPT4V-7B stage-2 step (configs/finetune.py, `--chip`, `--mfu`
+as `launch/plan.py`), and the RSS numbers.
+
+Worker processes: each worker runs the same per-sample work as the in-process path; the batches
+then cross a process boundary (grain pickles them through shared memory), the main process
+unpickles them, and on a machine with fewer idle cores than workers + 1 they also share the
+cores. The worker line prints the CPU seconds per sample of the main process and of the workers
+separately, which shows where the extra time goes.
 """
 
 import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +36,9 @@ import time
 
 import numpy as np
 from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # configs/ and this checkout's sgv_jax
 
 CACHE = os.path.join(tempfile.gettempdir(), "sgv_jax_bench_data")
 SYLLABLES = ["ka", "ri", "to", "ne", "sa", "mo", "lu", "pe", "di", "go", "ba", "chi", "ver", "an",
@@ -110,7 +125,7 @@ def reference_path(records, hf_dir, n):
             return hf_tok(text).input_ids
 
     tok = HF()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for record in records[:n]:
         image = Image.open(os.path.join(CACHE, record["image"])).convert("RGB")
         image = _expand2square(image, background)
@@ -120,7 +135,28 @@ def reference_path(records, hf_dir, n):
         ids, labels = torch.tensor(ids), torch.tensor(labels)
         torch.nn.utils.rnn.pad_sequence([ids], batch_first=True, padding_value=0)
         torch.stack([pixels])
-    return n / (time.perf_counter() - start)
+    return Rate(n, time.perf_counter() - start, _cpu_seconds() - cpu)
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process, all threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Rate:
+    """n samples in `wall` seconds using `cpu` CPU-seconds (`worker_cpu` of them in workers)."""
+
+    def __init__(self, n: int, wall: float, cpu: float, worker_cpu: float = 0.0):
+        self.n, self.wall, self.cpu, self.worker_cpu = n, wall, cpu, worker_cpu
+
+    @property
+    def per_core(self) -> float:
+        return self.n / self.cpu
+
+    @property
+    def per_second(self) -> float:
+        return self.n / self.wall
 
 
 def _expand2square(img, background):
@@ -134,18 +170,55 @@ def _expand2square(img, background):
 
 
 def ours(data_file, hf_dir, n, workers, batch=8):
+    import psutil
+
     from sgv_jax.data import pipeline
     it = pipeline.make_dataset(data_file, CACHE, hf_dir, "v1", aspect="pad",
                                global_batch_size=batch, shard_index=0, shard_count=1,
                                num_epochs=None, worker_count=workers)
     for _ in range(max(1, workers)):  # worker start-up and first batches are not throughput
         next(it)
-    start = time.perf_counter()
+    children = psutil.Process().children(recursive=True)
+
+    def worker_cpu():
+        total = 0.0
+        for child in children:
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    start, cpu, wcpu = time.perf_counter(), _cpu_seconds(), worker_cpu()
     for _ in range(n // batch):
         next(it)
-    rate = (n // batch) * batch / (time.perf_counter() - start)
+    wall, cpu, wcpu = time.perf_counter() - start, _cpu_seconds() - cpu, worker_cpu() - wcpu
     it.close()
-    return rate
+    return Rate((n // batch) * batch, wall, cpu + wcpu, wcpu)
+
+
+def samples_per_chip_second(chip: str, mfu: float) -> tuple[float, str]:
+    """Samples/s one chip consumes running the ShareGPT4V-7B stage-2 step (configs/finetune.py)
+    at the planner's step time: model FLOPs per sample / (chip peak x MFU), as launch/plan.py."""
+    import jax
+
+    from configs import finetune
+    from sgv_jax.chips import CHIPS
+    from sgv_jax.models.config import get_preset
+    from sgv_jax.train.layout import build_layout
+
+    config = finetune.get_config()
+    config.global_batch_size = config.per_device_batch_size  # one device, no accumulation
+    mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    layout = build_layout(config, get_preset(config.model), mesh, total_steps=1)
+    per_sample = layout.model_flops_per_step() / config.per_device_batch_size
+    rate = CHIPS[chip].peak_flops * mfu / per_sample
+    step = config.per_device_batch_size / rate
+    return rate, (f"{config.model}, {config.data.max_length} tokens, {per_sample / 1e12:.1f} "
+                  f"TFLOP/sample; {config.per_device_batch_size} samples per {chip} step of "
+                  f"{step:.2f} s at {mfu:.0%} MFU")
 
 
 def big_file(n):
@@ -195,6 +268,8 @@ def main():
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--big-records", type=int, default=1_200_000)
+    parser.add_argument("--chip", default="v5p", help="for the cores-per-chip line (chips.py)")
+    parser.add_argument("--mfu", type=float, default=0.4, help="as launch/plan.py --mfu")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -207,14 +282,26 @@ def main():
     print(f"tokenizer: {vocab}-piece LLaMA-like vocabulary ready in "
           f"{time.perf_counter() - t:.0f} s")
     data_file, recs = make_dataset_files(args.samples)
+    print("load {:.2f} {:.2f} {:.2f} (before timing)".format(*os.getloadavg()))
     ref = reference_path(recs, hf_dir, args.samples)
     one = ours(data_file, hf_dir, args.samples, 0)
-    print(f"reference path (1 core):    {ref:7.1f} samples/s")
-    print(f"ours, no workers (1 core):  {one:7.1f} samples/s")
-    print(f"ratio ours/reference per core: {one / ref:.2f}x")
+    print(f"reference path, in process: {ref.per_core:7.1f} samples/s per core "
+          f"({ref.per_second:.1f} samples/s wall)")
+    print(f"ours, no workers:           {one.per_core:7.1f} samples/s per core "
+          f"({one.per_second:.1f} samples/s wall)")
+    print(f"ratio ours/reference per core: {one.per_core / ref.per_core:.2f}x (goal >= 1.5x; "
+          f"wall-clock ratio {one.per_second / ref.per_second:.2f}x)")
     many = ours(data_file, hf_dir, args.samples * 4, args.workers)
-    print(f"ours, {args.workers} worker processes: {many:7.1f} samples/s "
-          f"({many / ref:.2f}x reference; machine has {os.cpu_count()} cores)")
+    main_cpu = many.cpu - many.worker_cpu
+    print(f"ours, {args.workers} worker processes: {many.per_core:7.1f} samples/s per core, "
+          f"{many.per_second:.1f} samples/s wall ({many.per_second / one.per_second:.2f}x the "
+          f"in-process wall rate; machine has {os.cpu_count()} cores); CPU ms per sample: "
+          f"workers {1e3 * many.worker_cpu / many.n:.1f}, main process "
+          f"{1e3 * main_cpu / many.n:.1f} (in process: {1e3 / one.per_core:.1f} in all)")
+    chip_rate, how = samples_per_chip_second(args.chip, args.mfu)
+    print(f"host cores per {args.chip} chip to feed the step: {chip_rate / one.per_core:.2f} "
+          f"({chip_rate:.2f} samples/s per chip / {one.per_core:.1f} per core; {how})")
+    print("load {:.2f} {:.2f} {:.2f} (after timing)".format(*os.getloadavg()))
     if args.big_records:
         t = time.perf_counter()
         path = big_file(args.big_records)

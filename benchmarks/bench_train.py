@@ -11,15 +11,20 @@ HF weights are converted with `from_llava_hf_state_dict`, so the first losses mu
 `vision_feature_layer` is -1 (not LLaVA's -2) so both sides run every tower block: HF's CLIP
 always runs all of them, ours stops at the selected one, which would favour JAX by one block.
 
-Per side: samples/s (median over the timed steps) and the fraction of this machine's fp32 matmul
-roof (2 cores: ~135 GFLOP/s under XLA, ~108 under torch; `--roof-xla/--roof-torch`), from
+Per side: samples/s (median over the timed steps) and the fraction of this machine's matmul
+roof *measured in the same run* (benchmarks/roofs.py) at the step's own largest shapes: the
+tower's MLP, the decoder's MLP and the lm_head, each timed in isolation under XLA and under
+torch, in fp32 and bf16. The step's roof is the rate at which the step's analytic matmul FLOPs
+would run if each part ran at its own shape's isolated rate. FLOP counts:
   * the analytic matmul count (same number for both sides: the fair comparison), and for JAX
     also XLA's own `cost_analysis()` count of the compiled step;
   * and, for reference, the naive 6 * N_trained * tokens.
-An isolated matmul of the step's largest shapes, timed in both frameworks, shows what the
-roof is under the current load. Prints numbers and the load average; asserts nothing.
+`--dtype bfloat16` runs both sides in bf16 (JAX: bf16 compute, fp32 master weights and Adam;
+torch: `torch.autocast("cpu", bfloat16)`, which reaches AMX through oneDNN where the CPU has
+it) and quotes the bf16 roofs. Prints numbers and the load average; asserts nothing.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 5] [--batch 2] [--seq 512] [--layers 8]
+                                               [--dtype float32|bfloat16] [--remat none]
 """
 
 from __future__ import annotations
@@ -27,15 +32,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]  # configs/, roofs.py
 
 import jax
 import jax.numpy as jnp
 import optax
+import roofs
 
 from sgv_jax.constants import IGNORE_INDEX
 from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
@@ -48,7 +56,7 @@ TRAINABLE = ("projector", "language_model")
 
 
 def load() -> str:
-    return "load %.2f %.2f %.2f" % os.getloadavg()
+    return "load {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
 
 
 # ---------------------------------------------------------------- model and batch
@@ -147,15 +155,16 @@ def xla_flops(compiled) -> float | None:
 # ---------------------------------------------------------------- the two steps
 
 def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup: int,
-             dump_hlo: str | None):
+             dump_hlo: str | None, dtype: str, remat: str):
     schedule = optax.constant_schedule(LR)
     optimizer = optim.make_optimizer(schedule, BETAS[0], BETAS[1], EPS, WD, None)
     params = jax.tree.map(jnp.asarray, params_np)
     trainable, frozen = optim.split_trainable(params, optim.TrainableSet(TRAINABLE))
+    frozen = jax.tree.map(lambda x: x.astype(dtype), frozen)  # as the trainer holds it
     state = {"step": jnp.int32(0), "params": trainable,
              "opt_state": jax.jit(optimizer.init)(trainable)}
     batch = {k: jnp.asarray(v[None]) for k, v in batch_np.items()}  # A = 1 micro-batch
-    fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.float32, "none",
+    fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.dtype(dtype), remat,
                                   freeze_pad_row=True)
     jitted = jax.jit(fn, donate_argnums=(0,))
     t0 = time.perf_counter()
@@ -179,8 +188,15 @@ def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup
             "xla_flops": xla_flops(compiled), "n_trained": n_trained}
 
 
-def torch_side(model, batch_np: dict, steps: int, warmup: int):
+def torch_side(model, batch_np: dict, steps: int, warmup: int, dtype: str):
+    import contextlib
+
     import torch
+
+    def autocast():
+        if dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=roofs._torch_dtype(dtype))
 
     model.model.vision_tower.requires_grad_(False)  # transformers >= 4.52 layout
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,7 +209,8 @@ def torch_side(model, batch_np: dict, steps: int, warmup: int):
     for i in range(warmup + steps):
         c0, t0 = time.process_time(), time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
+        with autocast():
+            out = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels)
         out.loss.backward()
         opt.step()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
@@ -204,34 +221,29 @@ def torch_side(model, batch_np: dict, steps: int, warmup: int):
     return {"times": times, "cpu": cpu, "losses": losses, "n_trained": sum(p.numel() for p in params)}
 
 
-def matmul_roofs(m: int, k: int, n: int, reps: int = 5) -> tuple[float, float]:
-    """Best GFLOP/s of an isolated fp32 [m,k] @ [k,n] in XLA and in torch."""
-    import torch
+def step_shapes(cfg: VLMConfig, batch: int, seq: int) -> dict:
+    """The step's largest matmul of each part, [m, k] @ [k, n], keyed like `analytic_flops`."""
+    v, t = cfg.vision, cfg.text
+    tokens = batch * seq
+    return {"vision (fwd)": (batch * (v.num_patches + 1), v.hidden_size, v.intermediate_size),
+            "decoder": (tokens, t.hidden_size, t.intermediate_size),
+            "lm_head": (tokens, t.hidden_size, t.vocab_size)}
 
-    a = np.random.default_rng(0).standard_normal((m, k), np.float32)
-    b = np.random.default_rng(1).standard_normal((k, n), np.float32)
-    f = jax.jit(jnp.matmul)
-    ja, jb = jnp.asarray(a), jnp.asarray(b)
-    f(ja, jb).block_until_ready()
-    jt = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f(ja, jb).block_until_ready()
-        jt.append(time.perf_counter() - t0)
-    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    ta @ tb
-    tt = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        ta @ tb
-        tt.append(time.perf_counter() - t0)
-    flops = 2.0 * m * k * n
-    return flops / min(jt) / 1e9, flops / min(tt) / 1e9
+
+def step_roof(counts: dict, part_roofs: dict, side: str) -> float:
+    """GFLOP/s of the whole step if each part ran at its own shape's isolated matmul rate
+    (the projector at the decoder's): total FLOPs / sum of each part's time at its roof."""
+    part_of = {"vision (fwd)": "vision (fwd)", "projector": "decoder", "decoder": "decoder",
+               "lm_head": "lm_head"}
+    seconds = sum(counts[k] / (getattr(part_roofs[part_of[k]], side) * 1e9) for k in part_of)
+    return counts["total"] / seconds / 1e9
 
 
 # ---------------------------------------------------------------- main
 
 def main(argv=None) -> None:
+    from configs.common import base, demo
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side (median)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per side (after compile)")
@@ -239,8 +251,10 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=512, help="tokens per sample, incl. 256 image ones")
     ap.add_argument("--layers", type=int, default=8, help="decoder layers")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    ap.add_argument("--roof-xla", type=float, default=135.0, help="GFLOP/s, fp32 matmul, XLA")
-    ap.add_argument("--roof-torch", type=float, default=108.0, help="GFLOP/s, fp32 matmul, torch")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="compute dtype of both sides (master weights and Adam stay fp32)")
+    ap.add_argument("--remat", default=demo(base()).remat,
+                    help="JAX remat policy (default: the CPU demo config's)")
     ap.add_argument("--only", choices=("jax", "torch"), help="time one side only")
     ap.add_argument("--dump-hlo", help="write the compiled JAX step's HLO text here")
     args = ap.parse_args(argv)
@@ -251,7 +265,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     hf_cfg = hf_config(args.layers, args.seq)
     model = build_hf(hf_cfg, seed=0)
     cfg, params_np = from_llava_hf_state_dict(model.state_dict(), hf_cfg.to_dict())
@@ -260,19 +274,31 @@ def main(argv=None) -> None:
     print(f"model: {n_total / 1e6:.1f}M params (vision {cfg.vision.hidden_size}x"
           f"{cfg.vision.num_layers}, {cfg.num_image_tokens} image tokens; decoder "
           f"{cfg.text.hidden_size}x{cfg.text.num_layers}, mlp {cfg.text.intermediate_size}, "
-          f"vocab {cfg.text.vocab_size}); batch {args.batch} x {args.seq} tokens, fp32, "
-          f"AdamW, vision tower frozen")
+          f"vocab {cfg.text.vocab_size}); batch {args.batch} x {args.seq} tokens, "
+          f"{args.dtype} compute, AdamW, vision tower frozen, JAX remat {args.remat!r}")
 
     counts = analytic_flops(cfg, args.batch, args.seq)
     tokens = args.batch * args.seq
+    print(f"{load()}  (before the roofs)")
+    # This machine's matmul roofs, measured now at the step's own shapes (roofs.py).
+    part_roofs = {dt: {part: roofs.matmul_gflops(*shape, dt)
+                       for part, shape in step_shapes(cfg, args.batch, args.seq).items()}
+                  for dt in ("float32", "bfloat16")}
+    for dt, by_part in part_roofs.items():
+        for part, roof in by_part.items():
+            print(f"{roof.line()}  ({part})")
+        print(f"roof step {dt} (each part at its shape's rate): XLA "
+              f"{step_roof(counts, by_part, 'xla'):.1f} GFLOP/s, torch "
+              f"{step_roof(counts, by_part, 'torch'):.1f} GFLOP/s")
     print(f"{load()}  (before timing)")
 
     res = {}
     if args.only != "torch":
-        res["jax"] = jax_side(cfg, params_np, batch_np, args.steps, args.warmup, args.dump_hlo)
+        res["jax"] = jax_side(cfg, params_np, batch_np, args.steps, args.warmup, args.dump_hlo,
+                              args.dtype, args.remat)
         print(f"jax   done, compile {res['jax']['compile_s']:.1f} s, {load()}")
     if args.only != "jax":
-        res["torch"] = torch_side(model, batch_np, args.steps, args.warmup)
+        res["torch"] = torch_side(model, batch_np, args.steps, args.warmup, args.dtype)
         print(f"torch done, {load()}")
 
     n_trained = next(iter(res.values()))["n_trained"]
@@ -292,34 +318,35 @@ def main(argv=None) -> None:
     if "jax" in res and res["jax"]["xla_flops"]:
         xf = res["jax"]["xla_flops"]
         print(f"FLOPs per step: XLA cost_analysis of the compiled JAX step = {xf / 1e9:.1f} G "
-              f"({xf / counts['total']:.3f} x analytic)")
+              f"({xf / counts['total']:.3f} x analytic: XLA counts each scanned loop body, the "
+              f"decoder layers included, once)")
 
-    roofs = {"jax": args.roof_xla, "torch": args.roof_torch}
-    rates = {}
+    roof = {side: step_roof(counts, part_roofs[args.dtype], "xla" if side == "jax" else "torch")
+            for side in ("jax", "torch")}
+    label = {"jax": f"XLA {args.dtype}", "torch": f"torch {args.dtype}"}
+    rates, fractions = {}, {}
     for side, r in res.items():
         med = statistics.median(r["times"])
         rates[side] = args.batch / med
         gf = counts["total"] / med / 1e9
+        fractions[side] = gf / roof[side]
         line = (f"{side:5s}: {rates[side]:.3f} samples/s  step median {med:.2f} s "
                 f"(min {min(r['times']):.2f}, max {max(r['times']):.2f}, n={len(r['times'])})  "
-                f"{gf:.1f} GFLOP/s = {gf / roofs[side]:.1%} of {roofs[side]:.0f} roof (analytic)")
+                f"{gf:.1f} GFLOP/s = {fractions[side]:.1%} of the {roof[side]:.0f} GFLOP/s "
+                f"{label[side]} roof measured at the step's shapes (analytic count)")
         if side == "jax" and r["xla_flops"]:
             gx = r["xla_flops"] / med / 1e9
-            line += f", {gx:.1f} GFLOP/s = {gx / roofs[side]:.1%} (XLA count)"
-        line += f"; 6N count {naive / med / 1e9 / roofs[side]:.1%}"
+            line += f", {gx / roof[side]:.1%} (XLA count)"
+        line += f"; 6N count {naive / med / 1e9 / roof[side]:.1%}"
         print(line)
         print(f"       CPU time per step (all threads) median {statistics.median(r['cpu']):.2f} s "
               f"(load-robust-ish: ideal = {args.threads} x an unloaded wall time; includes spinning)")
     if len(rates) == 2:
-        print(f"ratio jax/torch: {rates['jax'] / rates['torch']:.2f}x  (goal >= 1.5x); by CPU "
-              f"time per step {statistics.median(res['torch']['cpu']) / statistics.median(res['jax']['cpu']):.2f}x")
-
-    d, v = cfg.text.hidden_size, cfg.text.vocab_size
-    for name, (m, k, n) in {"mlp up   ": (tokens, d, cfg.text.intermediate_size),
-                            "lm_head  ": (tokens, d, v)}.items():
-        gj, gt = matmul_roofs(m, k, n)
-        print(f"isolated matmul {name} [{m}x{k}]@[{k}x{n}]: XLA {gj:.1f} GFLOP/s, "
-              f"torch {gt:.1f} GFLOP/s")
+        print(f"ratio jax/torch: {rates['jax'] / rates['torch']:.2f}x  (goal >= 1.5x; jax at "
+              f"{fractions['jax']:.1%} of the {roof['jax']:.0f} GFLOP/s {label['jax']} roof, "
+              f"torch at {fractions['torch']:.1%} of the {roof['torch']:.0f} GFLOP/s "
+              f"{label['torch']} roof, both measured in this run); by CPU time per step "
+              f"{statistics.median(res['torch']['cpu']) / statistics.median(res['jax']['cpu']):.2f}x")
     print(f"{load()}  (after timing)")
 
 

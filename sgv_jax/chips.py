@@ -69,5 +69,5 @@ def peak_flops_per_device(device=None) -> tuple[float, str]:
         return chip.peak_flops, f"{chip.name} dense bf16 peak"
     if device.platform == "cpu":
         roof = cpu_matmul_roof() / jax.local_device_count()
-        return roof, "measured fp32 matmul roof of this CPU"
+        return roof, "this CPU's fp32 matmul roof under XLA, measured at start-up (1024³)"
     return math.nan, f"unknown device kind {device.device_kind!r}"
