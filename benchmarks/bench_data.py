@@ -38,7 +38,6 @@ import numpy as np
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)  # configs/ and this checkout's sgv_jax
 
 CACHE = os.path.join(tempfile.gettempdir(), "sgv_jax_bench_data")
 SYLLABLES = ["ka", "ri", "to", "ne", "sa", "mo", "lu", "pe", "di", "go", "ba", "chi", "ver", "an",

@@ -32,13 +32,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.dirname(os.path.abspath(__file__))]  # configs/, roofs.py
 
 import jax
 import jax.numpy as jnp
