@@ -53,7 +53,7 @@ def base() -> ml_collections.ConfigDict:
     c.freeze_pad_row = True  # torch Embedding(padding_idx=0) never updates row 0 (§1.4)
 
     c.compute_dtype = "bfloat16"  # master weights and Adam state stay fp32
-    c.remat = "full"  # none | full | dots
+    c.remat = "full"  # none | full | dots | full_offload | dots_offload (TPU/GPU)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1

@@ -35,7 +35,8 @@ flags.DEFINE_string("mesh", "fsdp=16", "Mesh axes, e.g. fsdp=16 or data=2,fsdp=8
 flags.DEFINE_integer("per-device-batch", None, "Shorthand for --config.per_device_batch_size.")
 flags.DEFINE_integer("global-batch", None, "Shorthand for --config.global_batch_size.")
 flags.DEFINE_integer("max-length", None, "Shorthand for --config.data.max_length.")
-flags.DEFINE_enum("remat", None, ["none", "full", "dots"], "Shorthand for --config.remat.")
+flags.DEFINE_enum("remat", None, ["none", "full", "dots", "full_offload", "dots_offload"],
+                  "Shorthand for --config.remat (the *_offload ones keep saved values in host memory).")
 flags.DEFINE_enum("chip", "v5p", CHIPS, "Target chip (HBM size, peak FLOP/s).")
 flags.DEFINE_float("mfu", 0.4, "Assumed model FLOPs utilisation for the step-time estimate.")
 flags.DEFINE_integer("buffers", 10, "List this many of the largest temporaries with the JAX op "

@@ -68,3 +68,21 @@ def test_sliced_mlp_loss_and_gradient_equal_whole(highest_precision, monkeypatch
     np.testing.assert_allclose(got, want, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_offloaded_layer_inputs_give_the_same_loss_and_gradient(highest_precision):
+    # remat=full_offload keeps each scanned layer's input in pinned host memory instead of on
+    # the device (XLA:CPU has that memory kind too); the numbers must be those of remat=full.
+    cfg = get_preset("tiny_even")
+    params = llava.init(cfg, jax.random.key(0))
+    batch = demo_batch(cfg, batch=2, text=16)
+
+    def loss(p, remat):
+        total, count = llava.loss_terms(p, cfg, batch, remat=remat)
+        return total / count
+
+    want, g_want = jax.jit(jax.value_and_grad(lambda p: loss(p, "full")))(params)
+    got, g_got = jax.jit(jax.value_and_grad(lambda p: loss(p, "full_offload")))(params)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_want), jax.tree.leaves(g_got)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
