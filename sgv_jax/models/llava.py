@@ -21,13 +21,15 @@ tower, as in the reference, and its features are never read.
 from __future__ import annotations
 
 import functools
+import zlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, traverse_util
 
 from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from sgv_jax.models import nn
 from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.llama import LlamaModel
@@ -225,12 +227,44 @@ def param_shardings(cfg: VLMConfig, mesh) -> dict:
     return tree_shardings(param_axes(cfg), abstract_params(cfg), mesh)
 
 
+@functools.cache
+def _initialisers(cfg: VLMConfig) -> dict:
+    """{path tuple: (initialiser, stacked)} of every parameter, read from its Param metadata."""
+    model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+    out = {}
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        meta = var.get_metadata()
+        out[tuple(path)] = (meta[nn.INIT_FN], (meta.get("out_sharding") or (None,))[0] == nn.LAYERS)
+    return out
+
+
+def _draw(path: tuple, shape: tuple, initialiser, stacked: bool, key: jax.Array) -> jax.Array:
+    """One parameter from a key folded from its storage path ('language_model/layers/3/mlp/
+    up_proj/kernel' for block 3 of a stacked leaf), so a parameter's value depends on its name
+    only: adding a module (LoRA adapters, a new head) or reordering construction changes no
+    other weight, and the values equal the pre-NNX model's for the same seed."""
+    def one(name: str, block_shape: tuple) -> jax.Array:
+        leaf_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
+        return initialiser(leaf_key, block_shape, jnp.float32)
+
+    names = [str(p) for p in path]
+    if not stacked:
+        return one("/".join(names), shape)
+    at = names.index(nn.LAYERS) + 1  # the stacked module's `layers` component
+    return jnp.stack([one("/".join(names[:at] + [str(i)] + names[at:]), shape[1:])
+                      for i in range(shape[0])])
+
+
 def init(cfg: VLMConfig, key: jax.Array, mesh=None, dtype=jnp.float32) -> dict:
-    """Random parameters as a plain dict; with a mesh they are born sharded by the
-    logical-axis rules (the full tree never exists on one device)."""
+    """Random parameters as a plain dict, each drawn from a key folded from its path (see
+    `_draw`); with a mesh they are born sharded by the logical-axis rules (the full tree
+    never exists on one device)."""
+    initialisers = _initialisers(cfg)
+    shapes = traverse_util.flatten_dict(abstract_params(cfg))
 
     def make(k):
-        return cast_floating(nnx.to_pure_dict(nnx.state(build_model(cfg, nnx.Rngs(k)))), dtype)
+        flat = {path: _draw(path, shapes[path].shape, *initialisers[path], k) for path in shapes}
+        return cast_floating(traverse_util.unflatten_dict(flat), dtype)
 
     if mesh is None:
         return jax.jit(make)(key)

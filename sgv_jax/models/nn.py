@@ -27,9 +27,12 @@ LAYERS = "layers"  # the logical name of the stacking axis
 Axes = Sequence[str | None]
 
 
+INIT_FN = "init_fn"  # Param metadata: the initialiser, for `llava.init`'s path-keyed draw
+
+
 def param(init: Callable, axes: Axes) -> Callable:
-    """An initialiser whose Param records its logical axes."""
-    return nnx.with_partitioning(init, tuple(axes))
+    """An initialiser whose Param records its logical axes and the initialiser itself."""
+    return nnx.with_partitioning(init, tuple(axes), **{INIT_FN: init})
 
 
 def linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: bool,
