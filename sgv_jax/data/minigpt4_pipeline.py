@@ -20,12 +20,11 @@ import json
 import os
 from typing import Any
 
-import grain
 import numpy as np
 
 from sgv_jax.constants import CLIP_MEAN, CLIP_STD
 from sgv_jax.data import batching, images, minigpt4_prompts, minigpt4_samples, tokenize
-from sgv_jax.data.pipeline import DataIterator, load_record_image
+from sgv_jax.data.pipeline import DataIterator, batched_iterator, load_record_image
 from sgv_jax.data.validate import BadRecord
 from sgv_jax.data.webdataset import WebDatasetShards
 
@@ -158,17 +157,9 @@ def make_dataset(
                                               mean=tuple(image_mean), std=tuple(image_std)),
         stage, tuple(instructions), max_txt_len, end_sym, num_image_tokens, max_length, seed,
         shard_index, strict)
-    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
-    ds = ds[shard_index::shard_count].map_with_index(maker).to_iter_dataset()
-    ds = batching.CountingBatchIterDataset(ds, global_batch_size // shard_count)
-    if worker_count > 0:
-        # grain's workers read absl flags (see pipeline.make_dataset).
-        from absl import flags
-        if not flags.FLAGS.is_parsed():
-            flags.FLAGS.mark_as_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=worker_buffer_size))
-    return DataIterator(ds)
+    return batched_iterator(len(source), maker, seed, num_epochs, shard_index, shard_count,
+                            global_batch_size, worker_count, worker_buffer_size,
+                            with_position=True)
 
 
 def count_records(stage: int, train_file: str, image_folder: str = "") -> int:

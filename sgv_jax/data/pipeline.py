@@ -173,8 +173,22 @@ def make_dataset(
             images.ImageConfig(size=image_size, aspect=aspect, mean=tuple(image_mean),
                                                   std=tuple(image_std)),
             num_image_tokens, max_length, strict)
-    ds = grain.MapDataset.range(len(records)).shuffle(seed=seed).repeat(num_epochs)
-    ds = ds[shard_index::shard_count].map(maker).to_iter_dataset()
+    return batched_iterator(len(records), maker, seed, num_epochs, shard_index, shard_count,
+                            global_batch_size, worker_count, worker_buffer_size)
+
+
+def batched_iterator(length: int, make_example, seed: int, num_epochs: int, shard_index: int,
+                     shard_count: int, global_batch_size: int, worker_count: int,
+                     worker_buffer_size: int, with_position: bool = False) -> DataIterator:
+    """The one grain chain every data source goes through: a seeded shuffle of record indices
+    per epoch, this host's every `shard_count`-th one, `make_example(record_index)` — or
+    `make_example(position, record_index)` with `with_position` (the index in this host's
+    stream, for per-sample randomness a resumed run draws again) — counted batches, optional
+    worker processes (`make_example` must pickle for those: a class instance, not a lambda)."""
+    ds = grain.MapDataset.range(length).shuffle(seed=seed).repeat(num_epochs)
+    ds = ds[shard_index::shard_count]
+    ds = (ds.map_with_index(make_example) if with_position else ds.map(make_example))
+    ds = ds.to_iter_dataset()
     ds = batching.CountingBatchIterDataset(ds, global_batch_size // shard_count)
     if worker_count > 0:
         # grain's worker processes read absl flags; outside an absl app (scripts, pytest)

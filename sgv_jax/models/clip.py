@@ -52,9 +52,11 @@ class CLIPMLP(nnx.Module):
 class CLIPEncoderLayer(nnx.Module):
     """Pre-LN transformer block, bidirectional attention."""
 
+    ATTENTION = CLIPAttention  # EVA's block differs only here (eva_vit.EvaBlock)
+
     def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs):
         eps = cfg.layer_norm_eps
-        self.self_attn = CLIPAttention(cfg, rngs)
+        self.self_attn = self.ATTENTION(cfg, rngs)
         self.layer_norm1 = nn.layer_norm(cfg.hidden_size, "vis_embed", eps, rngs)
         self.mlp = CLIPMLP(cfg, rngs)
         self.layer_norm2 = nn.layer_norm(cfg.hidden_size, "vis_embed", eps, rngs)

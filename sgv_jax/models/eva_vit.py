@@ -14,8 +14,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sgv_jax.models import nn
+from sgv_jax.models.clip import CLIPEncoderLayer
 from sgv_jax.models.config import VisionConfig
-from sgv_jax.models.layers import ACTIVATIONS, attention
+from sgv_jax.models.layers import attention
 
 
 class EvaAttention(nnx.Module):
@@ -37,29 +38,11 @@ class EvaAttention(nnx.Module):
         return self.projection(out.reshape(b, t, d))
 
 
-class EvaMLP(nnx.Module):
-    def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs):
-        self.fc1 = nn.linear(cfg.hidden_size, cfg.intermediate_size, ("vis_embed", "vis_mlp"), True, rngs)
-        self.fc2 = nn.linear(cfg.intermediate_size, cfg.hidden_size, ("vis_mlp", "vis_embed"), True, rngs)
-        self.act = cfg.hidden_act
+class EvaBlock(CLIPEncoderLayer):
+    """CLIP's pre-LN block (same norms, fc1/fc2 MLP and residuals) with EVA's attention; no
+    layer scale, no drop path (init_values=None, drop_path_rate=0)."""
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
-
-
-class EvaBlock(nnx.Module):
-    """Pre-LN block, no layer scale, no drop path (init_values=None, drop_path_rate=0)."""
-
-    def __init__(self, cfg: VisionConfig, rngs: nnx.Rngs):
-        eps = cfg.layer_norm_eps
-        self.layer_norm1 = nn.layer_norm(cfg.hidden_size, "vis_embed", eps, rngs)
-        self.self_attn = EvaAttention(cfg, rngs)
-        self.layer_norm2 = nn.layer_norm(cfg.hidden_size, "vis_embed", eps, rngs)
-        self.mlp = EvaMLP(cfg, rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
+    ATTENTION = EvaAttention
 
 
 class EvaEmbeddings(nnx.Module):
