@@ -94,8 +94,7 @@ def main(argv) -> int:
         except plan.DoesNotFit as e:
             # The compiler's own report names the largest buffers (shape, op, source line).
             print("does NOT fit:\n" + "\n".join(str(e).splitlines()[:60]))
-            print(f"per-device total: {e.required / 1e9:.2f} GB (temporaries alone; "
-                  f"{e.available / 1e9:.2f} GB available)")
+            print(plan.refusal_report(e, FLAGS.chip))
             return 1
         print(plan.report(result, FLAGS.chip, FLAGS.mfu))
         if dump_dir:

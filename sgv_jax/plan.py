@@ -26,12 +26,26 @@ def count_params(tree) -> int:
     return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
+@dataclasses.dataclass
+class StateBytes:
+    """Per-device bytes of what a run holds between steps, from the shardings alone (no
+    compile): a plan the compiler refuses still shows whether any batch could fit."""
+
+    trainable: int  # fp32 master weights of the trained set
+    frozen: int  # frozen weights, in the compute dtype for LoRA runs
+    optimizer: int  # Adam moments (+ counters)
+
+    @property
+    def total(self) -> int:
+        return self.trainable + self.frozen + self.optimizer
+
+
 class DoesNotFit(RuntimeError):
     """The target compiler rejected the step for lack of device memory."""
 
-    def __init__(self, required: float, available: float, message: str):
+    def __init__(self, required: float, available: float, message: str, state: StateBytes):
         super().__init__(message)
-        self.required, self.available = required, available
+        self.required, self.available, self.state = required, available, state
 
 
 @dataclasses.dataclass
@@ -109,6 +123,10 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
     layout = build_layout(config, cfg, mesh, total_steps=1000)
     abs_state, abs_frozen = layout.abstract_state, layout.abstract_frozen
     abs_train = abs_state["params"]
+    state_sh = layout.state_shardings
+    state = StateBytes(per_device_bytes(abs_train, state_sh["params"]),
+                       per_device_bytes(abs_frozen, layout.frozen_shardings),
+                       per_device_bytes(abs_state["opt_state"], state_sh["opt_state"]))
     with jax.set_mesh(mesh):
         lowered = layout.train_step.lower(abs_state, abs_frozen, layout.abstract_batch())
         try:
@@ -120,14 +138,12 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
             if not match:
                 raise
             raise DoesNotFit(float(match.group(1)) * 2**30, float(match.group(2)) * 2**30,
-                             str(e)) from None
+                             str(e), state) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis() or {}
-    state_sh = layout.state_shardings
-    param_bytes = (per_device_bytes(abs_train, state_sh["params"])
-                   + per_device_bytes(abs_frozen, layout.frozen_shardings))
-    opt_bytes = per_device_bytes(abs_state["opt_state"], state_sh["opt_state"])
-    grad_bytes = per_device_bytes(abs_train, state_sh["params"])
+    param_bytes = state.trainable + state.frozen
+    opt_bytes = state.optimizer
+    grad_bytes = state.trainable
     temp = int(getattr(mem, "temp_size_in_bytes", 0))
     args = int(getattr(mem, "argument_size_in_bytes", 0))
     # Donated state is reused for the outputs, so arguments + temporaries is the peak.
@@ -146,6 +162,40 @@ def plan(config, cfg: VLMConfig, devices=None) -> tuple[Plan, object]:
     return result, compiled
 
 
+def refusal_report(e: DoesNotFit, chip: str) -> str:
+    """Why the compiler refused a plan, and whether a smaller batch could help at all."""
+    gb, hbm = 1e9, CHIPS[chip].memory_bytes
+    s = e.state
+    lines = [f"per-device total: {e.required / gb:.2f} GB ({e.available / gb:.2f} GB available)",
+             "held between steps (per device, from the shardings):",
+             f"  trained weights (fp32 master):  {s.trainable / gb:8.2f} GB",
+             f"  frozen weights:                 {s.frozen / gb:8.2f} GB",
+             f"  optimizer state (Adam mu, nu):  {s.optimizer / gb:8.2f} GB",
+             f"  together:                       {s.total / gb:8.2f} GB"]
+    if s.total >= min(e.available, hbm):
+        lines.append(f"no batch size fits: the weights and optimizer state alone exceed the "
+                     f"{e.available / gb:.2f} GB the compiler allows per {chip}. Shard them over "
+                     "more chips (--mesh fsdp=N), or train fewer weights (e.g. a smaller "
+                     "--config.lora.rank).")
+    else:
+        lines.append(f"{(e.available - s.total) / gb:.2f} GB are left for activations: try a "
+                     "smaller --per-device-batch, --max-length, or --remat full_offload.")
+    return "\n".join(lines)
+
+
+def _tpu_verdict(p: Plan, chip: str) -> str:
+    """XLA's TPU compiler refuses a program whose temporaries exceed HBM, but it has accepted
+    programs whose arguments + temporaries do not fit (7B LoRA on v5e: 19.6 GB of 16 GiB), so
+    both must hold for a yes."""
+    hbm = CHIPS[chip].memory_bytes
+    if p.total_bytes <= hbm:
+        return (f"fits {chip}: yes (XLA's TPU compiler accepted the program, and its arguments "
+                f"+ temporaries fit the {hbm / 2**30:.0f} GiB)")
+    return (f"fits {chip}: NO. XLA's TPU compiler accepted the program, but its arguments + "
+            f"temporaries ({p.total_bytes / 1e9:.2f} GB) exceed the chip's {hbm / 2**30:.0f} GiB "
+            f"({hbm / 1e9:.2f} GB)")
+
+
 def report(p: Plan, chip: str, mfu: float) -> str:
     gb = 1e9
     peak, hbm = CHIPS[chip].peak_flops, CHIPS[chip].memory_bytes
@@ -155,18 +205,17 @@ def report(p: Plan, chip: str, mfu: float) -> str:
          f"{p.micro_batch} samples; {p.tokens_per_step:,} tokens/step"),
         f"parameters: {p.params:,} ({p.trainable_params:,} trainable)",
         "per-device memory:",
-        f"  parameters (fp32 master, sharded):   {p.param_bytes / gb:8.2f} GB",
-        f"  optimizer state (Adam mu, nu):       {p.opt_bytes / gb:8.2f} GB",
-        f"  gradients (inside temporaries):      {p.grad_bytes / gb:8.2f} GB",
-        f"  temporaries (activations, gathers):  {p.temp_bytes / gb:8.2f} GB"
+        f"  parameters (sharded; trained fp32, frozen as held): {p.param_bytes / gb:8.2f} GB",
+        f"  optimizer state (Adam mu, nu):                      {p.opt_bytes / gb:8.2f} GB",
+        f"  gradients (inside temporaries):                     {p.grad_bytes / gb:8.2f} GB",
+        f"  temporaries (activations, gathers):                 {p.temp_bytes / gb:8.2f} GB"
         + ("" if p.compiled_for_tpu else "  (XLA:CPU: an overstatement)"),
         (f"FLOPs/step (all devices): model {p.analytic_flops:.3e} (6·N·tokens for trained "
          f"weights, 2·N·tokens for frozen ones); XLA's cost analysis counts each scanned loop "
          f"body once: {p.compiled_flops * p.devices:.3e}"),
         (f"step time on {p.devices} x {chip} at {mfu:.0%} MFU: {seconds:.2f} s "
          f"({p.tokens_per_step / seconds:,.0f} tokens/s)"),
-        (f"fits {chip}: yes (XLA's TPU compiler accepted the program; it refuses one that "
-         f"exceeds HBM)" if p.compiled_for_tpu else
+        (_tpu_verdict(p, chip) if p.compiled_for_tpu else
          f"fits {chip} ({hbm / 2**30:.0f} GiB HBM): not judged. XLA:CPU compiled this plan; "
          "it ignores remat and overstates memory\n  (several-fold for a 7B step), so no verdict "
          "is drawn from it. "

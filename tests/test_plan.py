@@ -38,8 +38,12 @@ def test_a_cpu_compiled_plan_gives_no_fit_verdict_and_names_make_libtpu():
     text = plan.report(result, "v4", 0.4)
     assert "not judged" in text and "ignores remat" in text and "`make libtpu`" in text
     assert ": NO" not in text and ": yes" not in text
-    assert plan.report(dataclasses.replace(result, compiled_for_tpu=True), "v4", 0.4).count(
-        "fits v4: yes") == 1
+    fitting = dataclasses.replace(result, compiled_for_tpu=True, temp_bytes=2 * 2**30,
+                                  total_bytes=23 * 2**30)
+    assert plan.report(fitting, "v4", 0.4).count("fits v4: yes") == 1
+    # The TPU compiler checks temporaries alone; arguments + temporaries over HBM are a no.
+    over = dataclasses.replace(fitting, total_bytes=33 * 2**30)
+    assert "fits v4: NO" in plan.report(over, "v4", 0.4)
 
 
 def test_a_lora_config_is_planned_with_its_adapters_and_adam_only_for_them():
@@ -58,3 +62,16 @@ def test_a_lora_config_is_planned_with_its_adapters_and_adam_only_for_them():
     assert result.trainable_params == lora.adapter_count(cfg) + projector
     # fp32 Adam mu and nu of the trained part only (one device), plus the groups' step counts.
     assert 0 <= result.opt_bytes - 2 * 4 * result.trainable_params <= 64
+
+
+def test_a_refused_plan_says_whether_any_batch_could_fit():
+    """The TPU compiler's refusal only gives a total; the report adds what the run holds
+    between steps, so a user sees when no batch size can help (7B LoRA r128 on one v5e)."""
+    gib = 2**30
+    held = plan.StateBytes(trainable=int(1.36e9), frozen=int(14.08e9), optimizer=int(2.73e9))
+    refused = plan.DoesNotFit(22.11 * gib, 15.75 * gib, "RESOURCE_EXHAUSTED", held)
+    text = plan.refusal_report(refused, "v5e")
+    assert "18.17 GB" in text and "no batch size fits" in text and "--mesh fsdp=N" in text
+    small = plan.StateBytes(trainable=int(0.2e9), frozen=int(14.08e9), optimizer=int(0.4e9))
+    text = plan.refusal_report(plan.DoesNotFit(17.0 * gib, 15.75 * gib, "", small), "v5e")
+    assert "no batch size fits" not in text and "GB are left for activations" in text
