@@ -246,10 +246,15 @@ class LlamaModel(nnx.Module):
         Scanning the stacked layers makes XLA:CPU copy each layer's weights out of the stack
         before its matmuls (a kLoop dynamic-slice fusion: the weights are read 3x per step);
         a decode step is bound by those reads (bench_generate.py)."""
-        graphdef, state = nnx.split(self.layers)
-        state = nnx.to_pure_dict(state)
-        return [nnx.merge(graphdef, jax.tree.map(lambda w, i=i: w[i], state))
-                for i in range(self.cfg.num_layers)]
+        state = nnx.to_pure_dict(nnx.state(self.layers))
+        return self.layers_from([jax.tree.map(lambda w, i=i: w[i], state)
+                                 for i in range(self.cfg.num_layers)])
+
+    def layers_from(self, layer_params: list[dict]) -> list[LlamaDecoderLayer]:
+        """One decoder-layer module per tree of `layer_params` (each shaped like one slice of
+        the stacked layers), for `decode(layers=)`."""
+        graphdef, _ = nnx.split(self.layers)
+        return [nnx.merge(graphdef, p) for p in layer_params]
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] → fp32 logits [B, T, V]."""

@@ -210,6 +210,28 @@ def from_params(cfg: VLMConfig, params: dict) -> LlavaModel:
     return nnx.merge(_abstract(cfg)[0], params)
 
 
+def unstack_decoder(params: dict) -> dict:
+    """`params` with the decoder's stacked layers as a list of per-layer trees, each leaf its
+    own buffer: what a program run once per decode step takes, since slicing a layer out of
+    the stack inside the program copies its weights on every call (LlamaModel.split_layers).
+    Copies the decoder's weights; drop the stacked tree afterwards."""
+    lm = params["language_model"]
+    count = jax.tree.leaves(lm["layers"])[0].shape[0]
+    layers = [jax.tree.map(lambda w, i=i: w[i], lm["layers"]) for i in range(count)]
+    return {**params, "language_model": {**lm, "layers": layers}}
+
+
+def from_unstacked(cfg: VLMConfig, params: dict) -> tuple[LlavaModel, list]:
+    """The model and its decoder layers over `unstack_decoder`'s tree (inside `jax.jit`):
+    pass the layers to `decode(layers=)`. The model's own stacked layers are stacked from the
+    same trees; nothing that decodes with `layers=` reads them, and XLA drops the stacking."""
+    layers = params["language_model"]["layers"]
+    stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *layers)
+    model = from_params(cfg, {**params, "language_model": {**params["language_model"],
+                                                           "layers": stacked}})
+    return model, model.language_model.layers_from(layers)
+
+
 def cast_floating(tree: Any, dtype) -> Any:
     """Cast floating leaves to the compute dtype (master weights stay fp32 outside)."""
     return jax.tree.map(

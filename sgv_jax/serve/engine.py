@@ -3,7 +3,8 @@
 Every slot holds one request. Its cache row has its own write index (`llama.init_cache(...,
 per_slot=True)`), so requests of any prompt length decode side by side and a finished slot
 is refilled while the others keep going. Two jitted programs, both donating the slot state so
-the cache is updated in place:
+the cache is updated in place, and both reading the decoder's layers from per-layer buffers
+(`llava.unstack_decoder`; the engine keeps that copy of the weights):
 
   prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
                 cache row, and its first token. Compiled once per (bucket, with/without image).
@@ -76,7 +77,7 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
                  top_k: int) -> tuple[SlotState, jax.Array]:
     """ids [1, Lb] right-padded (`length` real tokens); pixels [1, H, W, 3] or None.
     Returns the state with `slot` holding this prompt, and the prompt's first new token."""
-    model = llava.from_params(cfg, params)
+    model, layers = llava.from_unstacked(cfg, params)
     lm, text = model.language_model, cfg.text
     bucket = ids.shape[1]
     valid = (jnp.arange(bucket) < length)[None]  # [1, Lb]
@@ -87,7 +88,7 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
     # Right padding: real tokens take positions 0..n-1 and slots 0..n-1, so decoding goes on
     # at slot n (the pads after it are masked and overwritten as the answer grows).
     row = llama.init_cache(text, 1, bucket, dtype)
-    hidden, row = lm.decode(embeds, llava.default_positions(ids), valid, row)
+    hidden, row = lm.decode(embeds, llava.default_positions(ids), valid, row, layers=layers)
     logits = lm.logits(jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, 1))
     seed = seed.astype(jnp.uint32)
     token = choose_tokens_per_row(logits[:, 0], temperature[None], top_p[None],
@@ -111,10 +112,11 @@ def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMCo
     """Feeds every slot its last token; returns the state and the next token per slot [B].
     Inactive slots compute too (static shapes) but neither advance nor matter. Every active
     slot's cache index must be below `attend`."""
-    lm = llava.from_params(cfg, params).language_model
+    model, layers = llava.from_unstacked(cfg, params)
+    lm = model.language_model
     last = state["token"][:, None]  # [B, 1]
     hidden, cache = lm.decode(lm.embed(last, dtype), state["position"][:, None],
-                              jnp.ones_like(last), state["cache"], attend=attend)
+                              jnp.ones_like(last), state["cache"], attend=attend, layers=layers)
     logits = lm.logits(hidden)[:, 0]
     token = choose_tokens_per_row(logits, state["temperature"], state["top_p"],
                                   _row_keys(state["seed"], state["step"]), top_k)
@@ -138,6 +140,9 @@ class Engine:
         if generator.mesh is not None:
             raise ValueError("serving runs on one device; build the Generator without a mesh")
         self.generator = generator
+        # Per-layer weight buffers (llava.unstack_decoder): a 32-slot step reading the stacked
+        # ones spent most of its time copying layers out of the stack.
+        self.params = llava.unstack_decoder(generator.params)
         self.cfg = generator.cfg
         self.slots = slots
         positions = self.cfg.text.max_position_embeddings
@@ -165,7 +170,7 @@ class Engine:
         ids[0, :n] = request.ids
         pixels = None if request.pixels is None else request.pixels[None].astype(np.float32)
         self.state, token = prefill_slot(
-            self.generator.params, self.state, np.int32(slot), ids, np.int32(n), pixels,
+            self.params, self.state, np.int32(slot), ids, np.int32(n), pixels,
             np.float32(request.temperature), np.float32(request.top_p),
             np.uint32(request.seed % 2**32), **self.static)
         self.index[slot] = n
@@ -175,7 +180,7 @@ class Engine:
         """One decode step for every slot; `active` [B] bool marks the slots in use."""
         active = np.asarray(active, bool)
         needed = int(self.index[active].max()) + 1 if active.any() else 1
-        self.state, tokens = decode_step(self.generator.params, self.state, active,
+        self.state, tokens = decode_step(self.params, self.state, active,
                                          attend=self._attend(needed), **self.static)
         self.index[active] += 1
         return np.asarray(tokens)
@@ -189,7 +194,7 @@ class Engine:
         requests run would stall them all)."""
         idle = np.zeros(self.slots, bool)
         for needed in range(1, self.context + 1, self.attend_bucket):
-            self.state, _ = decode_step(self.generator.params, self.state, idle,
+            self.state, _ = decode_step(self.params, self.state, idle,
                                         attend=self._attend(needed), **self.static)
 
     @staticmethod

@@ -42,12 +42,14 @@ class ChatService:
                  context: int | None = None, allow_local_images: bool = False):
         if template not in prompts.TEMPLATES:
             raise ValueError(f"unknown template {template!r}; expected one of {prompts.TEMPLATES}")
-        self.generator = generator
         self.template = template
         self.model_name = model_name
         self.request_timeout = request_timeout
         self.allow_local_images = allow_local_images
         self.engine = Engine(generator, max_batch, context)
+        # The engine decodes from its own per-layer copy of the weights; the service uses the
+        # generator for its tokenizer and image processor only, so it keeps none of them.
+        self.generator = dataclasses.replace(generator, params={})
         self.scheduler = Scheduler(self.engine, generator.tokenizer, generator.eos_ids,
                                    max_queue)
         self.created = int(time.time())
