@@ -36,6 +36,11 @@ def demo_lora(c, init_from: str):
     c.optim.projector_lr = 2e-3
     c.data.max_length = 96  # system prompt + 16 image positions + three QA turns
     c.num_epochs = 4
+    # Deviation, demo only: the demo's base is its own stage 1, whose `plain` template never
+    # ends a target with </s>, so unlike Vicuna it has never predicted end-of-sequence; with
+    # LLaVA's set (lm_head frozen) the adapters could not learn it and the loss stayed at 1.47
+    # (from 5.22), one hard </s> per short answer. Training lm_head too lets the demo learn.
+    c.trainable_modules = ("projector", "adapters", "language_model/lm_head")
     return c
 
 

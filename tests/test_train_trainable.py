@@ -91,6 +91,21 @@ def test_llava15_stage2_trains_projector_and_llm():
 def test_unknown_module_is_rejected():
     with pytest.raises(ValueError, match="unknown"):
         optim.TrainableSet(("vision",), -1)
+    with pytest.raises(ValueError, match="unknown"):
+        optim.TrainableSet(("lm_head",), -1)  # a sub-module is named by its path
+
+
+def test_a_sub_module_trains_whole_and_nothing_else_of_its_parent():
+    """The LoRA demo trains lm_head beside the adapters (configs/llava15_finetune_lora.py):
+    `language_model/lm_head` takes lm_head only, not `language_model/layers/...`."""
+    cfg = get_preset("demo")
+    params = llava.abstract_params(cfg)
+    train, frozen = optim.split_trainable(
+        params, optim.TrainableSet(("projector", "language_model/lm_head"), -1))
+    assert {p.rsplit("/", 1)[0] for p in flatten(train) if p.startswith("language_model/")} == {
+        "language_model/lm_head"}
+    assert "language_model/embed_tokens/embedding" in flatten(frozen)
+    assert set(flatten(optim.merge(train, frozen))) == set(flatten(params))
 
 
 def test_split_stack_merges_back_to_the_full_tower():

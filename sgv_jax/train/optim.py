@@ -1,6 +1,7 @@
 """Optimizer, learning-rate schedule and the per-stage trainable set (REFERENCE.md §4).
 
-Stages are data: `trainable_modules` names top-level modules trained whole, and
+Stages are data: `trainable_modules` names modules trained whole (top-level ones, or a
+sub-module by path such as `language_model/lm_head`), and
 `tune_vit_from_layer` (ShareGPT4V's flag) adds CLIP blocks >= k; the pseudo-module `adapters`
 names the LoRA weights (`…/lora_a`, `…/lora_b`) wherever they sit, so LLaVA-1.5's LoRA stage
 trains ("projector", "adapters") while the base decoder stays frozen (LORA.md §1.1). Parameters are split by path
@@ -40,10 +41,16 @@ class TrainableSet:
     vit_from_layer: int = -1
 
     def __post_init__(self):
-        unknown = [m for m in self.modules if m not in (*MODULES, ADAPTERS)]
+        unknown = [m for m in self.modules if m not in (*MODULES, ADAPTERS)
+                   and not (m.split("/", 1)[0] in MODULES and "/" in m)]
         if unknown:
             raise ValueError(f"trainable_modules {unknown} unknown; choose from "
-                             f"{(*MODULES, ADAPTERS)}")
+                             f"{(*MODULES, ADAPTERS)} or a module inside one (e.g. "
+                             "'language_model/lm_head')")
+
+    def trains_whole(self, path: str) -> bool:
+        """Whether `path` lies in a module trained whole (a top-level one or a sub-module)."""
+        return any(path == m or path.startswith(m + "/") for m in self.modules)
 
     @property
     def splits_vit(self) -> bool:
@@ -62,7 +69,7 @@ def split_trainable(params: dict, trainable: TrainableSet) -> tuple[dict, dict]:
     trainable. Works on arrays and on ShapeDtypeStructs."""
     train, frozen = {}, {}
     for path, value in flatten(params).items():
-        if path.split("/", 1)[0] in trainable.modules or (
+        if trainable.trains_whole(path) or (
                 ADAPTERS in trainable.modules and is_adapter(path)):
             train[path] = value
         elif path.startswith(VIT_BLOCKS) and trainable.splits_vit:
