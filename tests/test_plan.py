@@ -54,6 +54,7 @@ def test_a_lora_config_is_planned_with_its_adapters_and_adam_only_for_them():
     with config.unlocked():
         config.per_device_batch_size = config.global_batch_size = 4
         config.data.max_length = 32
+        config.trainable_modules = ("projector", "adapters")  # the recipe's set (the demo adds lm_head)
     cfg = plan.planned_model(config)
     assert cfg.lora is not None and cfg.lora.rank == config.lora.rank
     result, _ = plan.plan(config, cfg)
