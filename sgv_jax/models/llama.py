@@ -81,6 +81,12 @@ def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Arra
     return buffer.at[rows, index[:, None] + jnp.arange(t)].set(new.astype(buffer.dtype))
 
 
+def unstack_layers(stacked: dict) -> list[dict]:
+    """A tree of stacked layer weights [L, ...] as L trees of one layer's weights."""
+    count = jax.tree.leaves(stacked)[0].shape[0]
+    return [jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(count)]
+
+
 class LlamaAttention(nnx.Module):
     def __init__(self, cfg: TextConfig, rngs: nnx.Rngs, lora: LoraConfig | None = None):
         d, h = cfg.hidden_size, cfg.resolved_head_dim
@@ -246,9 +252,7 @@ class LlamaModel(nnx.Module):
         Scanning the stacked layers makes XLA:CPU copy each layer's weights out of the stack
         before its matmuls (a kLoop dynamic-slice fusion: the weights are read 3x per step);
         a decode step is bound by those reads (bench_generate.py)."""
-        state = nnx.to_pure_dict(nnx.state(self.layers))
-        return self.layers_from([jax.tree.map(lambda w, i=i: w[i], state)
-                                 for i in range(self.cfg.num_layers)])
+        return self.layers_from(unstack_layers(nnx.to_pure_dict(nnx.state(self.layers))))
 
     def layers_from(self, layer_params: list[dict]) -> list[LlamaDecoderLayer]:
         """One decoder-layer module per tree of `layer_params` (each shaped like one slice of

@@ -32,7 +32,7 @@ from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from sgv_jax.models import nn
 from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.llama import LlamaModel
+from sgv_jax.models.llama import LlamaModel, unstack_layers
 from sgv_jax.models.nn import REMAT_POLICIES, check_remat
 from sgv_jax.models.projector import Projector
 from sgv_jax.sharding import check_whole_heads, tree_shardings
@@ -216,9 +216,7 @@ def unstack_decoder(params: dict) -> dict:
     the stack inside the program copies its weights on every call (LlamaModel.split_layers).
     Copies the decoder's weights; drop the stacked tree afterwards."""
     lm = params["language_model"]
-    count = jax.tree.leaves(lm["layers"])[0].shape[0]
-    layers = [jax.tree.map(lambda w, i=i: w[i], lm["layers"]) for i in range(count)]
-    return {**params, "language_model": {**lm, "layers": layers}}
+    return {**params, "language_model": {**lm, "layers": unstack_layers(lm["layers"])}}
 
 
 def from_unstacked(cfg: VLMConfig, params: dict) -> tuple[LlavaModel, list]:
