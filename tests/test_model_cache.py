@@ -37,7 +37,8 @@ def test_cached_decoding_equals_full_forward(highest_precision, split):
         hidden, cache = step(cache, ids[:, t:t + 1], positions[:, t:t + 1])
         got.append(lm.logits(hidden))
     assert int(cache["index"]) == ids.shape[1]
-    assert cache["k"].shape == (text.num_layers, 2, text.num_kv_heads, 16, text.resolved_head_dim)
+    assert len(cache["k"]) == text.num_layers and len(cache["k"][0]) == 1
+    assert cache["k"][0][0].shape == (2, text.num_kv_heads, 16, text.resolved_head_dim)
     np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=1e-5, rtol=0)
 
 
@@ -60,24 +61,27 @@ def test_left_padded_prompt_in_cache_matches_unpadded(highest_precision):
 @pytest.mark.parametrize("attend", [None, 4])
 def test_rows_write_at_their_own_cache_slots(highest_precision, attend):
     """With a per-row write index (continuous batching), each row's next token sees exactly its
-    own earlier tokens, whatever the other rows hold; also when attention reads only the first
-    4 of the 8 cache slots (all the rows use), as the serving engine's decode step does."""
+    own earlier tokens, whatever the other rows hold; also when the cache is in blocks of 4
+    slots and attention reads only the first block (all the rows use), as the serving engine's
+    decode step does."""
     lm = language_model(4)
     a = jnp.asarray([[7, 8, 9, 10]], jnp.int32)
     b = jnp.asarray([[20, 21]], jnp.int32)
     ref = [lm.logits(lm.decode(lm.embed(x, jnp.float32), llava.default_positions(x),
                                jnp.ones_like(x))[0])[:, -1] for x in (a, b)]
 
-    cache = llama.init_cache(lm.cfg, batch=2, max_len=8, dtype=jnp.float32)
+    cache = llama.init_cache(lm.cfg, batch=2, max_len=8, dtype=jnp.float32, per_slot=True,
+                             block=attend)
+    rows = lambda tree, pick: jax.tree.map(pick, tree)
     # Row 0 holds a[:3] at slots 0..2, row 1 holds b[:1] at slot 0: fill them one row at a time.
     for row, prompt in ((0, a[:, :3]), (1, b[:, :1])):
-        one = {**cache, "k": cache["k"][:, row:row + 1], "v": cache["v"][:, row:row + 1],
-               "mask": cache["mask"][row:row + 1], "index": jnp.zeros((1,), jnp.int32)}
+        one = {**rows({"k": cache["k"], "v": cache["v"], "mask": cache["mask"]},
+                      lambda x, r=row: x[r:r + 1]), "index": jnp.zeros((1,), jnp.int32)}
         _, one = lm.decode(lm.embed(prompt, jnp.float32), llava.default_positions(prompt),
                            jnp.ones_like(prompt), one)
-        cache = {"k": cache["k"].at[:, row].set(one["k"][:, 0]),
-                 "v": cache["v"].at[:, row].set(one["v"][:, 0]),
-                 "mask": cache["mask"].at[row].set(one["mask"][0]), "index": cache["index"]}
+        for name in ("k", "v", "mask"):
+            cache[name] = jax.tree.map(lambda whole, part, r=row: whole.at[r].set(part[0]),
+                                       cache[name], one[name])
     cache["index"] = jnp.asarray([3, 1], jnp.int32)
     last = jnp.asarray([[a[0, 3]], [b[0, 1]]], jnp.int32)
     hidden, cache = lm.decode(lm.embed(last, jnp.float32), cache["index"][:, None],
@@ -86,4 +90,25 @@ def test_rows_write_at_their_own_cache_slots(highest_precision, attend):
     np.testing.assert_allclose(got[0], ref[0][0], atol=1e-5, rtol=0)
     np.testing.assert_allclose(got[1], ref[1][0], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(cache["index"], [4, 2])
-    assert cache["k"].shape[3] == 8  # the whole cache comes back, written in place
+    # The whole cache comes back, written in place.
+    assert sum(block.shape[2] for block in cache["k"][0]) == 8
+
+
+def test_writes_across_cache_blocks_land_at_their_slots(highest_precision):
+    """Three tokens written from slot 3 into blocks of 2 (slots 3 | 4 5) and one row written
+    from slot 0: the blocks, laid end to end, equal the one-block cache's contents (the first
+    layer's exactly; later layers' up to the order of the blocked attention's sums)."""
+    lm = language_model(5)
+    ids = jnp.asarray([[4, 5, 6], [7, 8, 9]], jnp.int32)
+    embeds, positions = lm.embed(ids, jnp.float32), llava.default_positions(ids)
+    index = jnp.asarray([3, 0], jnp.int32)
+    whole, blocked = (llama.init_cache(lm.cfg, 2, 6, jnp.float32, per_slot=True, block=size)
+                      for size in (None, 2))
+    _, whole = lm.decode(embeds, positions, jnp.ones_like(ids), {**whole, "index": index})
+    _, blocked = lm.decode(embeds, positions, jnp.ones_like(ids), {**blocked, "index": index})
+    for name in ("k", "v"):
+        for i, (layer_whole, layer_blocks) in enumerate(zip(whole[name], blocked[name])):
+            assert len(layer_blocks) == 3
+            np.testing.assert_allclose(jnp.concatenate(layer_blocks, axis=2), layer_whole[0],
+                                       atol=0 if i == 0 else 1e-6, rtol=0)
+    assert float(jnp.abs(whole["k"][0][0][0, :, 3:6]).min()) > 0  # the tokens were written

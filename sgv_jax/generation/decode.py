@@ -64,7 +64,8 @@ def _is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 def _constrain_cache(cache: dict) -> dict:
     # Decode batches are split over the data-parallel mesh axes like activations.
-    return {**cache, "k": constrain(cache["k"], llama.KV_ACT), "v": constrain(cache["v"], llama.KV_ACT),
+    blocks = lambda layers: [[constrain(b, llama.KV_ACT) for b in layer] for layer in layers]
+    return {**cache, "k": blocks(cache["k"]), "v": blocks(cache["v"]),
             "mask": constrain(cache["mask"], ("act_batch", "act_seq"))}
 
 

@@ -25,46 +25,55 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu_exact, "silu": jax.nn.silu
 QUERY_BLOCK = 128
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-              kv_heads_major: bool = False) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[jax.Array],
+              mask: jax.Array | None) -> jax.Array:
     """Scaled dot-product attention with grouped KV heads.
 
-    q [B, T, N, H], k/v [B, S, K, H] (or [B, K, S, H] with `kv_heads_major`, the KV cache's
-    layout) with N a multiple of K; mask [B, T, S] or None (True = may attend). Scores and
-    softmax in fp32 like HF's eager path, output in q's dtype. Rows are independent, so
-    blocking the queries changes no result.
+    q [B, T, N, H] with N a multiple of K; k/v [B, S, K, H], or lists of the KV cache's
+    heads-major blocks [B, K, S_j, H] that together make the S keys, in order (each block is
+    read where it lies: see llama.init_cache). mask [B, T, S] or None (True = may attend).
+    Scores and softmax in fp32 like HF's eager path, output in q's dtype. Rows are
+    independent, so blocking the queries changes no result.
     """
     b, t, n, h = q.shape
     if t <= QUERY_BLOCK or t % QUERY_BLOCK:
-        return _attention(q, k, v, mask, kv_heads_major)
+        return _attention(q, k, v, mask)
     blocks = t // QUERY_BLOCK
     qs = q.reshape(b, blocks, QUERY_BLOCK, n, h).swapaxes(0, 1)
     if mask is None:
-        block = jax.checkpoint(lambda qb: _attention(qb, k, v, None, kv_heads_major))
+        block = jax.checkpoint(lambda qb: _attention(qb, k, v, None))
         out = jax.lax.map(block, qs)
     else:
         ms = mask.reshape(b, blocks, QUERY_BLOCK, mask.shape[-1]).swapaxes(0, 1)
-        block = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1], kv_heads_major))
+        block = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1]))
         out = jax.lax.map(block, (qs, ms))
     return out.swapaxes(0, 1).reshape(b, t, n, h)
 
 
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-               kv_heads_major: bool = False) -> jax.Array:
+def _attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[jax.Array],
+               mask: jax.Array | None) -> jax.Array:
     n, h = q.shape[2:]
-    if not kv_heads_major:
-        k, v = (x.transpose(0, 2, 1, 3) for x in (k, v))  # [B, K, S, H]
-    kv_heads = k.shape[1]
+    if isinstance(k, list):
+        ks, vs = k, v
+    else:
+        ks, vs = [k.transpose(0, 2, 1, 3)], [v.transpose(0, 2, 1, 3)]  # [B, K, S, H]
+    ks, vs = [x.astype(q.dtype) for x in ks], [x.astype(q.dtype) for x in vs]
+    kv_heads = ks[0].shape[1]
     if kv_heads != n:  # grouped-query: share each kv head with its group of query heads
-        k = jnp.repeat(k, n // kv_heads, axis=1)
-        v = jnp.repeat(v, n // kv_heads, axis=1)
+        ks = [jnp.repeat(x, n // kv_heads, axis=1) for x in ks]
+        vs = [jnp.repeat(x, n // kv_heads, axis=1) for x in vs]
     # Heads-major 4-D einsums: XLA:CPU ran this layout 1.8x faster than a 5-D grouped one
     # (forward + backward, measured in benchmarks/bench_train.py's profiling).
-    q = q.transpose(0, 2, 1, 3)  # [B, N, T, H]; k, v [B, N, S, H]
-    scores = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (h ** -0.5)
+    q = q.transpose(0, 2, 1, 3)  # [B, N, T, H]; k, v blocks [B, N, S_j, H]
+    scores = [jnp.einsum("bnth,bnsh->bnts", q, x, preferred_element_type=jnp.float32)
+              for x in ks]
+    scores = (scores[0] if len(scores) == 1 else jnp.concatenate(scores, axis=-1)) * (h ** -0.5)
     if mask is not None:
         scores = jnp.where(mask[:, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bnts,bnsh->bnth", probs, v)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out, start = None, 0
+    for x in vs:  # each value block against its slice of the probabilities
+        size = x.shape[2]
+        part = jnp.einsum("bnts,bnsh->bnth", probs[..., start:start + size], x)
+        out, start = part if out is None else out + part, start + size
     return out.transpose(0, 2, 1, 3)

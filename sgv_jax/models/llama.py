@@ -24,7 +24,7 @@ ACT = ("act_batch", "act_seq", "act_embed")
 # 11008 bf16 each is 0.72 GB. Below the budget slices only cost time, so the MLP runs whole.
 MLP_CHUNK = 512
 MLP_BUDGET_BYTES = 256 << 20
-KV_ACT = (None, "act_batch", None, "act_seq", None)  # [L, B, K, S, H]
+KV_ACT = ("act_batch", None, "act_seq", None)  # one cache block [B, K, S, H]
 
 
 def _lora_for(lora: LoraConfig | None, name: str) -> LoraConfig | None:
@@ -47,29 +47,61 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool = False) -> dict:
-    """Preallocated KV cache, stacked over layers like the weights: fixed shapes so decoding
-    compiles once. `index` is where the next tokens are written: a scalar (every row at the
-    same slot, prompts left-padded) or, with `per_slot`, an int32 [B] (each row at its own
-    slot: continuous batching)."""
-    # Heads-major [L, B, K, S, H], the layout attention reads: a sequence-major cache would be
-    # transposed in full at every decode step (on XLA:CPU that cost 9x the attention math at
-    # 32 rows x 512 slots, benchmarks/bench_serve.py).
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.resolved_head_dim)
+def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool = False,
+               block: int | None = None) -> dict:
+    """Preallocated KV cache: fixed shapes, so decoding compiles once.
+
+    `k` and `v` hold, for each layer, its slots in blocks of `block` (default: one block of
+    `max_len`, which `block` must divide), each block its own [B, K, block, H] buffer. XLA:CPU
+    dots need dense operands, so reading one layer out of a stacked [L, ...] cache, or the first
+    slots out of a longer one, is a copy; a decode step that reads only whole per-layer blocks
+    reads them in place (a 32-slot step of bench_serve.py's model spent 18 of its 46 ms of
+    thread time in those copies). Heads-major, the layout attention reads: a sequence-major
+    cache was transposed in full at every step.
+
+    `index` is where the next tokens are written: a scalar (every row at the same slot, prompts
+    left-padded) or, with `per_slot`, an int32 [B] (each row at its own slot: continuous
+    batching)."""
+    block = block or max_len
+    if max_len % block:
+        raise ValueError(f"a cache of {max_len} slots cannot be split into blocks of {block}")
+    shape = (batch, cfg.num_kv_heads, block, cfg.resolved_head_dim)
+
+    def blocks():  # one buffer each: the cache is donated, and a shared buffer cannot be
+        return [[jnp.zeros(shape, dtype) for _ in range(max_len // block)]
+                for _ in range(cfg.num_layers)]
+
     index = jnp.zeros((batch,) if per_slot else (), jnp.int32)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "mask": jnp.zeros((batch, max_len), jnp.bool_), "index": index}
+    return {"k": blocks(), "v": blocks(), "mask": jnp.zeros((batch, max_len), jnp.bool_),
+            "index": index}
 
 
-def _write_kv(cache: jax.Array, new: jax.Array, index: jax.Array, layer: jax.Array) -> jax.Array:
-    """cache[layer, b, :, index_b + t] = new[b, t] for new [B, T, K, H] and the heads-major
-    cache [L, B, K, S, H] — one dynamic slice when `index` is shared, a scatter otherwise."""
-    new = new.transpose(0, 2, 1, 3).astype(cache.dtype)  # [B, K, T, H]
-    if index.ndim == 0:
-        return jax.lax.dynamic_update_slice(cache, new[None], (layer, 0, 0, index, 0))
-    rows = jnp.arange(new.shape[0])[:, None]
-    slots = index[:, None] + jnp.arange(new.shape[2])  # [B, T]
-    return cache.at[layer, rows, :, slots].set(new.transpose(0, 2, 1, 3))
+def cache_block_size(cache: dict) -> int:
+    return cache["k"][0][0].shape[2]
+
+
+def _write_kv(blocks: list[jax.Array], new: jax.Array, index: jax.Array) -> list[jax.Array]:
+    """Writes new [B, T, K, H] at slots [index_b, index_b + T) of one layer's blocks
+    [B, K, S', H]: one dynamic slice into a single block when `index` is shared, else a
+    scatter per block that drops the slots outside it."""
+    new = new.astype(blocks[0].dtype)
+    if index.ndim == 0 and len(blocks) == 1:
+        return [jax.lax.dynamic_update_slice(blocks[0], new.transpose(0, 2, 1, 3),
+                                             (0, 0, index, 0))]
+    b, t = new.shape[:2]
+    size = blocks[0].shape[2]
+    rows = jnp.arange(b)[:, None]
+    slots = jnp.broadcast_to(jnp.reshape(index, (-1, 1)) + jnp.arange(t), (b, t))
+    written = []
+    for j, block in enumerate(blocks):
+        local = slots - j * size
+        local = jnp.where((local >= 0) & (local < size), local, size)  # size: out of bounds
+        written.append(block.at[rows, :, local].set(new, mode="drop"))
+    return written
+
+
+def _constrain_blocks(blocks: list[jax.Array]) -> list[jax.Array]:
+    return [constrain(block, KV_ACT) for block in blocks]
 
 
 def _write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
@@ -112,10 +144,10 @@ class LlamaAttention(nnx.Module):
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-               dropout_key: jax.Array | None = None, kv_heads_major: bool = False) -> jax.Array:
-        """q [B, T, N, H]; k/v [B, S, K, H], or [B, K, S, H] (the cache's layout)."""
+               dropout_key: jax.Array | None = None) -> jax.Array:
+        """q [B, T, N, H]; k/v [B, S, K, H], or lists of the cache's blocks (layers.attention)."""
         b, t = q.shape[:2]
-        out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, kv_heads_major)
+        out = attention(q, k, v, mask)
         return nn.apply_linear(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim),
                                _key_for(dropout_key, "o_proj"))
 
@@ -159,18 +191,19 @@ class LlamaDecoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
-        """cache: None, or (k [L, B, K, S, H], v, this layer's index, write index, attend): the
-        new keys/values are written into the stacked cache, which is returned; attention reads
-        its first `attend` slots (static; None: all). `dropout_key`: this layer's key for the
-        adapters' dropout (training only)."""
+        """cache: None, or (this layer's key blocks, value blocks, write index, attend): the
+        new keys/values are written into the blocks, which are returned; attention reads the
+        first `attend` slots (static, a whole number of blocks; None: all). `dropout_key`: this
+        layer's key for the adapters' dropout (training only)."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
-            ks, vs, layer, index, attend = cache
-            ks, vs = _write_kv(ks, k, index, layer), _write_kv(vs, v, index, layer)
-            k, v = ks[layer, :, :, :attend], vs[layer, :, :, :attend]  # [B, K, S', H]
+            ks, vs, index, attend = cache
+            read = len(ks) if attend is None else attend // ks[0].shape[2]
+            ks = _write_kv(ks[:read], k, index) + ks[read:]
+            vs = _write_kv(vs[:read], v, index) + vs[read:]
+            k, v = ks[:read], vs[:read]  # lists of [B, K, S', H] blocks, read in place
             cache = (ks, vs)
-        x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key,
-                                                kv_heads_major=cache is not None), ACT)
+        x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key), ACT)
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_key)
         return constrain(x, ACT), cache
 
@@ -198,15 +231,20 @@ class LlamaModel(nnx.Module):
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
         token). Without a cache, attention is causal over the T inputs. With a cache, the T
         inputs are written at slots [index, index+T) and attend to every valid earlier slot.
-        `attend` (static) limits attention to the first `attend` cache slots, which must hold
-        every slot the queries may see: a decode step then reads only the used part of a long
-        cache (attention over all S slots dominated a 32-row decode step, bench_serve.py).
-        `layers` (with a cache): `split_layers()`'s modules, run in their place.
+        `attend` (static, a whole number of cache blocks) limits attention to the first
+        `attend` cache slots, which must hold every slot the queries may see: a decode step
+        then reads only the used blocks of a long cache (attention over all S slots dominated
+        a 32-row decode step, bench_serve.py). With a cache the layers run one by one:
+        `layers`, `split_layers()`'s modules, or (None) split here — a decode loop should
+        split them once, outside the loop.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
         b, t, _ = embeds.shape
         valid = attention_mask.astype(jnp.bool_)
+        if cache is not None and attend is not None and attend % cache_block_size(cache):
+            raise ValueError(f"attend={attend} must be a whole number of cache blocks "
+                             f"({cache_block_size(cache)} slots each)")
         if cache is None:
             query_slot = jnp.broadcast_to(jnp.arange(t), (b, t))
             key_mask, key_slot = valid, jnp.arange(t)
@@ -228,20 +266,14 @@ class LlamaModel(nnx.Module):
             x, _ = nn.scan_layers(self.layers, block, x, keys, remat=remat)
             new_cache = None
         else:
-            def block(layer, carry, i):
-                x, ks, vs = carry
-                x, (ks, vs) = layer(x, positions, mask, (ks, vs, i, index, attend))
-                return (x, ks, vs), None
-
-            kv = (constrain(cache["k"], KV_ACT), constrain(cache["v"], KV_ACT))
-            if layers is None:
-                (x, ks, vs), _ = nn.scan_layers(self.layers, block, (x, *kv),
-                                                jnp.arange(self.cfg.num_layers), remat=remat)
-            else:
-                carry = (x, *kv)
-                for i, layer in enumerate(layers):
-                    carry, _ = block(layer, carry, i)
-                x, ks, vs = carry
+            layers = self.split_layers() if layers is None else layers
+            ks, vs = [], []
+            for i, layer in enumerate(layers):
+                x, (k, v) = layer(x, positions, mask, (_constrain_blocks(cache["k"][i]),
+                                                       _constrain_blocks(cache["v"][i]),
+                                                       index, attend))
+                ks.append(k)
+                vs.append(v)
             new_cache = {"k": ks, "v": vs, "mask": key_mask, "index": index + t}
         return self.norm(x), new_cache
 

@@ -9,8 +9,10 @@ the cache is updated in place, and both reading the decoder's layers from per-la
   prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
                 cache row, and its first token. Compiled once per (bucket, with/without image).
   decode_step   one token for every slot, attending to the first `attend` cache positions
-                (the longest running request's, rounded up to a quarter of the context):
-                one program per quarter, all compiled by `warm_up`.
+                (the longest running request's, rounded up to a whole cache block, a quarter
+                of the context): one program per block count, all compiled by `warm_up`. The
+                cache keeps each layer's slots in per-block buffers (llama.init_cache), so a
+                step reads the blocks it attends to in place.
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
 Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
@@ -36,7 +38,7 @@ SlotState = dict  # cache (index [B]), token [B], position [B], step [B], temper
 #                   top_p [B], seed [B]
 
 _STATIC = ("cfg", "dtype", "top_k")
-# Decode programs per context: attention reads the used quarters of the cache only. A 32-slot
+# Cache blocks per slot, and so decode programs: attention reads the used blocks only. A 32-slot
 # step on bench_serve.py's model spent most of its time in attention over all 512 slots.
 ATTEND_BUCKETS = 4
 
@@ -52,14 +54,15 @@ class SlotRequest:
     seed: int = 0
 
 
-def init_slots(cfg: VLMConfig, slots: int, context: int, dtype: str) -> SlotState:
-    """Empty slots, committed to the first device as the programs' outputs are (an uncommitted
+def init_slots(cfg: VLMConfig, slots: int, context: int, block: int, dtype: str) -> SlotState:
+    """Empty slots of `context` cache positions (a multiple of `block`), committed to the first device as the programs' outputs are (an uncommitted
     first state would compile every program a second time)."""
 
     def zeros():  # one buffer per leaf: the state is donated, and a shared buffer cannot be
         return jnp.zeros((slots,), jnp.int32)
 
-    state = {"cache": llama.init_cache(cfg.text, slots, context, dtype, per_slot=True),
+    state = {"cache": llama.init_cache(cfg.text, slots, context, dtype, per_slot=True,
+                                       block=block),
              "token": zeros(), "position": zeros(), "step": zeros(),
              "temperature": jnp.zeros((slots,), jnp.float32),
              "top_p": jnp.ones((slots,), jnp.float32), "seed": jnp.zeros((slots,), jnp.uint32)}
@@ -95,8 +98,19 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
                                   _row_keys(seed[None], jnp.zeros((1,), jnp.int32)), top_k)[0]
 
     cache = state["cache"]
-    # The row's keys/values [L, 1, K, Lb, H] go into the slot's row of the stacked cache.
-    kv = {n: jax.lax.dynamic_update_slice(cache[n], row[n], (0, slot, 0, 0, 0)) for n in ("k", "v")}
+    size = llama.cache_block_size(cache)
+
+    def into_slot(blocks: list[jax.Array], written: jax.Array) -> list[jax.Array]:
+        """The prompt's keys or values of one layer [1, K, Lb, H] into the slot's row of the
+        blocks it spans (static: Lb is the bucket)."""
+        blocks = list(blocks)
+        for j in range(-(-bucket // size)):
+            piece = written[:, :, j * size:(j + 1) * size]
+            blocks[j] = jax.lax.dynamic_update_slice(blocks[j], piece, (slot, 0, 0, 0))
+        return blocks
+
+    kv = {n: [into_slot(cache[n][i], row[n][i][0]) for i in range(text.num_layers)]
+          for n in ("k", "v")}
     mask_row = jnp.zeros((1, cache["mask"].shape[1]), jnp.bool_).at[:, :bucket].set(valid)
     cache = {**kv, "mask": jax.lax.dynamic_update_slice(cache["mask"], mask_row, (slot, 0)),
              "index": cache["index"].at[slot].set(length)}
@@ -152,12 +166,14 @@ class Engine:
         self.context = context or positions
         self.bucket = bucket
         self.static = {"cfg": self.cfg, "dtype": generator.dtype, "top_k": top_k}
-        self.attend_bucket = -(-self.context // ATTEND_BUCKETS)
+        # Cache blocks of a quarter of the context; the last may reach past it (never read).
+        self.block = -(-self.context // ATTEND_BUCKETS)
         self.reset()
 
     def reset(self) -> None:
         """Fresh (empty) slots, e.g. after a failed device call left the donated state unusable."""
-        self.state = init_slots(self.cfg, self.slots, self.context, self.generator.dtype)
+        self.state = init_slots(self.cfg, self.slots, self.block * ATTEND_BUCKETS, self.block,
+                                self.generator.dtype)
         self.index = np.zeros(self.slots, np.int64)  # the host's copy of the cache indices
 
     def prefill(self, slot: int, request: SlotRequest) -> int:
@@ -186,14 +202,14 @@ class Engine:
         return np.asarray(tokens)
 
     def _attend(self, needed: int) -> int:
-        """The smallest of the ATTEND_BUCKETS cache prefixes that holds `needed` slots."""
-        return min(prompts.bucket_length(needed, self.attend_bucket), self.context)
+        """The fewest whole cache blocks that hold `needed` slots, in slots."""
+        return prompts.bucket_length(needed, self.block)
 
     def warm_up(self) -> None:
         """Compiles every decode program before the first request (a program compiled while
         requests run would stall them all)."""
         idle = np.zeros(self.slots, bool)
-        for needed in range(1, self.context + 1, self.attend_bucket):
+        for needed in range(1, self.context + 1, self.block):
             self.state, _ = decode_step(self.params, self.state, idle,
                                         attend=self._attend(needed), **self.static)
 
