@@ -116,12 +116,15 @@ def test_one_prefill_per_step_queue_bound_timeout_and_cancel(gen):
         scheduler.submit(make_job(request, 5)[0])
     assert scheduler.counts["rejected"] == 1
 
-    scheduler.run_once()  # first starts (prefill + one step)
-    assert list(scheduler.running.values()) == [first] and first.generated == 2
-    scheduler.run_once()  # second starts; first gets exactly one more token
-    assert first.generated == 3 and second.generated == 2
-    scheduler.run_once()  # no free slot: third waits, both running advance by one
-    assert (first.generated, second.generated, len(scheduler.waiting)) == (4, 3, 1)
+    # The host reads a step's tokens while the device runs the next, one iteration behind.
+    scheduler.run_once()  # first starts: its prefill and one step queued, nothing read yet
+    assert list(scheduler.running.values()) == [first] and first.generated == 0
+    scheduler.run_once()  # second starts; first gets its prefill's token and the step's
+    assert first.generated == 2 and second.generated == 0
+    scheduler.run_once()  # no free slot: third waits; first gets exactly one more token
+    assert (first.generated, second.generated, len(scheduler.waiting)) == (3, 2, 1)
+    scheduler.run_once()  # both running advance by one
+    assert (first.generated, second.generated) == (4, 3)
 
     now[0] = 6.0  # third's deadline passes while it waits
     scheduler.run_once()

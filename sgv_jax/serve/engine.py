@@ -176,8 +176,9 @@ class Engine:
                                 self.generator.dtype)
         self.index = np.zeros(self.slots, np.int64)  # the host's copy of the cache indices
 
-    def prefill(self, slot: int, request: SlotRequest) -> int:
-        """Starts `request` in `slot` (replacing whatever was there); returns its first token."""
+    def prefill(self, slot: int, request: SlotRequest) -> jax.Array:
+        """Queues `request`'s prefill into `slot` (replacing whatever was there); returns its
+        first token, a device scalar (reading it waits for the device)."""
         n = len(request.ids)
         if not 0 < n < self.context:
             raise ValueError(f"prompt of {n} tokens does not fit the context of {self.context}")
@@ -190,16 +191,18 @@ class Engine:
             np.float32(request.temperature), np.float32(request.top_p),
             np.uint32(request.seed % 2**32), **self.static)
         self.index[slot] = n
-        return int(token)
+        return token
 
-    def step(self, active: np.ndarray) -> np.ndarray:
-        """One decode step for every slot; `active` [B] bool marks the slots in use."""
+    def step(self, active: np.ndarray) -> jax.Array:
+        """Queues one decode step for every slot; `active` [B] bool marks the slots in use.
+        Returns the next token per slot [B] on the device (reading it waits): the host can
+        queue more work before it reads them."""
         active = np.asarray(active, bool)
         needed = int(self.index[active].max()) + 1 if active.any() else 1
         self.state, tokens = decode_step(self.params, self.state, active,
                                          attend=self._attend(needed), **self.static)
         self.index[active] += 1
-        return np.asarray(tokens)
+        return tokens
 
     def _attend(self, needed: int) -> int:
         """The fewest whole cache blocks that hold `needed` slots, in slots."""

@@ -1,10 +1,17 @@
 """Continuous batching on the host: a bounded queue of jobs feeding the engine's batch slots.
 
 One loop iteration (`run_once`): drop cancelled and expired jobs, start at most ONE waiting job
-in a free slot (its prefill), then one decode step for every running job. So a new request's
-prefill delays the running ones by at most one prefill per generated token, and a slot freed
-by a finished, cancelled or timed-out job is refilled on the next iteration. The loop runs on
-its own thread (`start`); jobs talk back through their `emit` callable, called on that thread.
+in a free slot (its prefill), queue one decode step for every running job, then read the
+tokens of the step queued by the previous iteration and hand them to their jobs. So a new
+request's prefill delays the running ones by at most one prefill per generated token, and a
+slot freed by a finished, cancelled or timed-out job is refilled on the next iteration.
+
+The host reads one step's tokens (detokenizing, streaming, finishing jobs) while the device
+runs the next: a serial loop left the device idle for that time, about a tenth of each
+iteration at 32 slots on bench_serve.py's model. A job that ends in one step therefore has one
+more step decoded for it, whose token is dropped (every slot is computed anyway). The loop
+runs on its own thread (`start`); jobs talk back through their `emit` callable, called on that
+thread.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 
 from sgv_jax.data.tokenize import SentencePieceTokenizer
@@ -37,6 +45,16 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     status: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Queued:
+    """A decode step on the device whose tokens the host has not read: the jobs it decoded
+    for (by slot), and the job whose prefill was queued just before it, with its first token."""
+
+    tokens: jax.Array  # [B]
+    jobs: dict
+    started: tuple | None = None  # (slot, Job, first token: a device scalar)
 
 
 @dataclasses.dataclass(eq=False)
@@ -66,6 +84,7 @@ class Scheduler:
         self.counts = collections.Counter(dict.fromkeys(
             ("completed", "cancelled", "timed_out", "rejected", "failed"), 0))
         self._wake = threading.Condition()
+        self._queued: _Queued | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -125,30 +144,41 @@ class Scheduler:
             if job.cancelled or job.deadline <= now:
                 del self.running[slot]
                 self._drop(job, now)
-        if starting is not None:
-            self._start(free[0], starting)
-        if not self.running:
-            return starting is not None
         try:
-            tokens = self.engine.step(np.asarray([s in self.running
-                                                  for s in range(self.engine.slots)]))
+            started = None
+            if starting is not None:
+                started = (free[0], starting, self._start(free[0], starting))
+            queued = None
+            if self.running:
+                active = np.asarray([s in self.running for s in range(self.engine.slots)])
+                queued = _Queued(self.engine.step(active), dict(self.running), started)
+            previous, self._queued = self._queued, queued
+            if previous is not None:
+                self._read(previous)  # waits for it while `queued` runs
         except Exception as e:  # noqa: BLE001 - a device failure fails its jobs, not the server
-            self._fail_all(e)
+            self._fail_all(e, also=starting)
             return True
-        for slot, job in list(self.running.items()):
-            if self._accept(job, int(tokens[slot])):
-                del self.running[slot]
-        return True
+        return starting is not None or queued is not None or previous is not None
 
-    def _start(self, slot: int, job: Job) -> None:
+    def _start(self, slot: int, job: Job) -> jax.Array:
         job.stream = TextStream(self.tokenizer, job.stop_strings)
-        try:
-            token = self.engine.prefill(slot, job.request)
-        except Exception as e:  # noqa: BLE001
-            self._fail_all(e, also=job)
-            return
-        if not self._accept(job, token):
-            self.running[slot] = job
+        self.running[slot] = job
+        return self.engine.prefill(slot, job.request)
+
+    def _read(self, queued: _Queued) -> None:
+        """Hands a step's tokens (after a started job's first token) to the jobs it decoded
+        for that still run in their slots."""
+        if queued.started is not None:
+            self._take(*queued.started)
+        tokens = np.asarray(queued.tokens)
+        for slot, job in queued.jobs.items():
+            self._take(slot, job, tokens[slot])
+
+    def _take(self, slot: int, job: Job, token) -> None:
+        """Gives the job its next token unless it no longer runs in `slot`; frees the slot
+        when that token finished it."""
+        if self.running.get(slot) is job and self._accept(job, int(token)):
+            del self.running[slot]
 
     def _accept(self, job: Job, token: int) -> bool:
         """Takes the job's next token; True when the job has finished."""
@@ -184,8 +214,10 @@ class Scheduler:
     def _fail_all(self, error: Exception, also: Job | None = None) -> None:
         """A device call failed: its donated slot state is gone, so every running job fails
         (with the reason) and the slots start empty."""
-        jobs = list(self.running.values()) + ([also] if also is not None else [])
+        jobs = list(self.running.values())
+        jobs += [also] if also is not None and also not in jobs else []
         self.running.clear()
+        self._queued = None
         self.engine.reset()
         for job in jobs:
             self.counts["failed"] += 1
