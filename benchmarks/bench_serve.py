@@ -17,10 +17,13 @@ first token and latency, and the ratio of tokens/s to the sequential run (goal a
 clients: >= 4x). The load average is printed before and after: on a shared machine, rerun
 when it is high.
 
-Where the time goes: a decode step computes all `--max-batch` rows over the whole context
-(static shapes), so one client is slower than the sequential loop; prefills join one per
-step (none stalls the running requests longer), so a burst of 32 arrivals ramps up over 32
-steps. Both costs shrink against the generated tokens as requests get longer or more numerous.
+Where the time goes: a decode step computes all `--max-batch` rows (static shapes), so one
+client is slower than the sequential loop; attention reads every row's cache up to the longest
+running request (whole blocks of a quarter of the context, read in place: llama.init_cache),
+and at 32 rows of this small model that reading costs about as much as the matmuls. Prefills
+join one per step (none stalls the running requests longer), so a burst of 32 arrivals ramps
+up over 32 steps; the host reads each step's tokens while the device runs the next
+(serve/scheduler.py).
 """
 
 import argparse
