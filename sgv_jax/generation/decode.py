@@ -64,8 +64,8 @@ def _is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
 
 def _constrain_cache(cache: dict) -> dict:
     # Decode batches are split over the data-parallel mesh axes like activations.
-    blocks = lambda layers: [[constrain(b, llama.KV_ACT) for b in layer] for layer in layers]
-    return {**cache, "k": blocks(cache["k"]), "v": blocks(cache["v"]),
+    return {**cache, "k": [llama.constrain_blocks(layer) for layer in cache["k"]],
+            "v": [llama.constrain_blocks(layer) for layer in cache["v"]],
             "mask": constrain(cache["mask"], ("act_batch", "act_seq"))}
 
 

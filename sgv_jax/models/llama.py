@@ -100,7 +100,8 @@ def _write_kv(blocks: list[jax.Array], new: jax.Array, index: jax.Array) -> list
     return written
 
 
-def _constrain_blocks(blocks: list[jax.Array]) -> list[jax.Array]:
+def constrain_blocks(blocks: list[jax.Array]) -> list[jax.Array]:
+    """One layer's cache blocks, split over the mesh like activations (batch, sequence)."""
     return [constrain(block, KV_ACT) for block in blocks]
 
 
@@ -269,8 +270,8 @@ class LlamaModel(nnx.Module):
             layers = self.split_layers() if layers is None else layers
             ks, vs = [], []
             for i, layer in enumerate(layers):
-                x, (k, v) = layer(x, positions, mask, (_constrain_blocks(cache["k"][i]),
-                                                       _constrain_blocks(cache["v"][i]),
+                x, (k, v) = layer(x, positions, mask, (constrain_blocks(cache["k"][i]),
+                                                       constrain_blocks(cache["v"][i]),
                                                        index, attend))
                 ks.append(k)
                 vs.append(v)

@@ -55,8 +55,9 @@ class SlotRequest:
 
 
 def init_slots(cfg: VLMConfig, slots: int, context: int, block: int, dtype: str) -> SlotState:
-    """Empty slots of `context` cache positions (a multiple of `block`), committed to the first device as the programs' outputs are (an uncommitted
-    first state would compile every program a second time)."""
+    """Empty slots of `context` cache positions (a multiple of `block`), committed to the first
+    device as the programs' outputs are (an uncommitted first state would compile every program
+    a second time)."""
 
     def zeros():  # one buffer per leaf: the state is donated, and a shared buffer cannot be
         return jnp.zeros((slots,), jnp.int32)

@@ -156,7 +156,7 @@ class Scheduler:
             if previous is not None:
                 self._read(previous)  # waits for it while `queued` runs
         except Exception as e:  # noqa: BLE001 - a device failure fails its jobs, not the server
-            self._fail_all(e, also=starting)
+            self._fail_all(e)  # a started job already counts as running
             return True
         return starting is not None or queued is not None or previous is not None
 
@@ -211,11 +211,10 @@ class Scheduler:
         job.emit(Event("error", text="the request timed out before its answer was complete",
                        status=504))
 
-    def _fail_all(self, error: Exception, also: Job | None = None) -> None:
+    def _fail_all(self, error: Exception) -> None:
         """A device call failed: its donated slot state is gone, so every running job fails
         (with the reason) and the slots start empty."""
         jobs = list(self.running.values())
-        jobs += [also] if also is not None and also not in jobs else []
         self.running.clear()
         self._queued = None
         self.engine.reset()
