@@ -21,6 +21,24 @@ def test_blocked_attention_equals_full(highest_precision, monkeypatch):
                                atol=1e-6, rtol=0)
 
 
+def test_fused_attention_call_equals_einsum_path(highest_precision):
+    """The fused path's call (cuDNN on GPUs) passes layout, grouped heads, scale and mask as the
+    einsum path reads them: checked through jax's XLA implementation of the same call, with a
+    causal mask over a right-padded batch. cuDNN itself runs only on a GPU
+    (benchmarks/bench_train_chip.py compares the two there)."""
+    rng = np.random.default_rng(1)
+    q = jnp.asarray(rng.standard_normal((2, 8, 4, 6)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((2, 8, 2, 6)), jnp.float32)
+    v = jnp.asarray(rng.standard_normal((2, 8, 2, 6)), jnp.float32)
+    keys = jnp.asarray([[True] * 8, [True] * 5 + [False] * 3])
+    mask = jnp.tril(jnp.ones((8, 8), bool))[None] & keys[:, None, :]
+    assert not layers.uses_fused_attention(q, k)  # fp32 on a CPU: the einsum path
+    np.testing.assert_allclose(layers.fused_attention(q, k, v, mask, "xla"),
+                               layers._attention(q, k, v, mask), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(layers.fused_attention(q, k, v, None, "xla"),
+                               layers._attention(q, k, v, None), atol=1e-6, rtol=0)
+
+
 def test_chunked_loss_and_gradient_equal_unchunked(highest_precision):
     cfg = get_preset("tiny_even")
     params = llava.init(cfg, jax.random.key(0))

@@ -24,6 +24,12 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu_exact, "silu": jax.nn.silu
 # whole [B, N, T, S] (8.6 GB per layer for 16 x 32 heads x 2048² in fp32).
 QUERY_BLOCK = 128
 
+# On GPUs, half-precision attention over a whole sequence runs as cuDNN's fused (flash)
+# kernel: the einsum path below writes fp32 [B, N, T, S] scores to memory and reads them back
+# several times per layer, which on an H200 costs as much as the layer's matmuls. Benchmarks
+# set this False to time the einsum path for comparison.
+FUSED_ATTENTION = True
+
 
 def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[jax.Array],
               mask: jax.Array | None) -> jax.Array:
@@ -35,6 +41,8 @@ def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[
     Scores and softmax in fp32 like HF's eager path, output in q's dtype. Rows are
     independent, so blocking the queries changes no result.
     """
+    if uses_fused_attention(q, k):
+        return fused_attention(q, k, v, mask, "cudnn")
     b, t, n, h = q.shape
     if t <= QUERY_BLOCK or t % QUERY_BLOCK:
         return _attention(q, k, v, mask)
@@ -48,6 +56,24 @@ def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[
         block = jax.checkpoint(lambda xs: _attention(xs[0], k, v, xs[1]))
         out = jax.lax.map(block, (qs, ms))
     return out.swapaxes(0, 1).reshape(b, t, n, h)
+
+
+def uses_fused_attention(q: jax.Array, k: jax.Array | list[jax.Array]) -> bool:
+    """cuDNN's kernel takes contiguous [B, S, K, H] keys in fp16/bf16 on a GPU: the training
+    step and cache-less forwards qualify; the KV cache's blocks (decode) do not."""
+    return (FUSED_ATTENTION and not isinstance(k, list) and jax.default_backend() == "gpu"
+            and q.dtype in (jnp.bfloat16, jnp.float16))
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                    implementation: str) -> jax.Array:
+    """`attention` through `jax.nn.dot_product_attention` (same [B, T, N, H] / [B, S, K, H]
+    layout, grouped heads and 1/sqrt(H) scale). The softmax accumulates in fp32 inside the
+    kernel. A query row with no key to attend to (never in a right-padded training batch) is
+    undefined there, where the einsum path averages all keys."""
+    return jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype),
+                                        mask=None if mask is None else mask[:, None],
+                                        implementation=implementation)
 
 
 def _attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[jax.Array],
