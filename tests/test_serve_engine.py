@@ -78,6 +78,34 @@ def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
     assert Engine.compiled_programs() == compiled
 
 
+def test_a_step_over_the_first_rows_equals_the_all_slots_step_and_leaves_the_rest(gen):
+    """One running request in slot 0 of 9 steps through the 1-row program (row buckets 1, 8, 9)
+    and gives the token and cache row of the step over all 9 slots; the other slots' state
+    (here a prompt in slot 8) is left bitwise as it was."""
+    import jax
+
+    from sgv_jax.serve.engine import decode_step
+
+    assert Engine(gen, slots=9).row_buckets == [1, 8, 9]
+    assert (Engine(gen, slots=1).row_buckets, Engine(gen, slots=8).row_buckets) == ([1], [1, 8])
+    engines = [Engine(gen, slots=9) for _ in range(2)]
+    for engine in engines:
+        engine.prefill(0, slot_request(gen, QUESTIONS[0], image(0)))
+        engine.prefill(8, slot_request(gen, QUESTIONS[1], None))
+    before = jax.tree.map(np.asarray, engines[0].state)
+    active = np.asarray([True] + [False] * 8)
+    one_row = np.asarray(engines[0].step(active))  # the engine picks rows=1
+    every, full = engines[1], None
+    every.state, full = decode_step(every.params, every.state, active, rows=9,
+                                    attend=every._attend(int(every.index[0]) + 1), **every.static)
+    assert one_row.shape == (1,) and one_row[0] == np.asarray(full)[0]
+    after, want = (jax.tree.map(np.asarray, e.state) for e in engines)
+    for got, expected, old in zip(jax.tree.leaves(after), jax.tree.leaves(want),
+                                  jax.tree.leaves(before)):
+        np.testing.assert_allclose(got[:1], expected[:1], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(got[1:], old[1:])
+
+
 @pytest.mark.slow
 def test_seeded_sampling_does_not_depend_on_the_batch(gen):
     engine = Engine(gen, slots=4)

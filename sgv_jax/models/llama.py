@@ -203,6 +203,8 @@ class LlamaDecoderLayer(nnx.Module):
             ks = _write_kv(ks[:read], k, index) + ks[read:]
             vs = _write_kv(vs[:read], v, index) + vs[read:]
             k, v = ks[:read], vs[:read]  # lists of [B, K, S', H] blocks, read in place
+            if k[0].shape[0] > x.shape[0]:  # the inputs are the cache's first rows
+                k, v = ([blk[:x.shape[0]] for blk in blocks] for blocks in (k, v))
             cache = (ks, vs)
         x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key), ACT)
         x = x + self.mlp(self.post_attention_layernorm(x), dropout_key)
@@ -238,6 +240,9 @@ class LlamaModel(nnx.Module):
         a 32-row decode step, bench_serve.py). With a cache the layers run one by one:
         `layers`, `split_layers()`'s modules, or (None) split here — a decode loop should
         split them once, outside the loop.
+        A per-slot cache may hold more rows than the B inputs, which are then its first B
+        rows (a serving step over the running slots only): they are written in place and only
+        they are read, the other rows are left as they are.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
@@ -250,8 +255,9 @@ class LlamaModel(nnx.Module):
             query_slot = jnp.broadcast_to(jnp.arange(t), (b, t))
             key_mask, key_slot = valid, jnp.arange(t)
         else:
-            index = cache["index"]
-            key_mask = _write_rows(cache["mask"], valid, index)
+            index = cache["index"] if cache["index"].ndim == 0 else cache["index"][:b]
+            cache_mask = _write_rows(cache["mask"], valid, index)
+            key_mask = cache_mask[:b]
             query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
             key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
@@ -275,7 +281,9 @@ class LlamaModel(nnx.Module):
                                                        index, attend))
                 ks.append(k)
                 vs.append(v)
-            new_cache = {"k": ks, "v": vs, "mask": key_mask, "index": index + t}
+            new_index = (index + t if index.ndim == 0
+                         else cache["index"].at[:b].set(index + t))
+            new_cache = {"k": ks, "v": vs, "mask": cache_mask, "index": new_index}
         return self.norm(x), new_cache
 
     def split_layers(self) -> list[LlamaDecoderLayer]:

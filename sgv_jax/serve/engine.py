@@ -8,11 +8,14 @@ the cache is updated in place, and both reading the decoder's layers from per-la
 
   prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
                 cache row, and its first token. Compiled once per (bucket, with/without image).
-  decode_step   one token for every slot, attending to the first `attend` cache positions
-                (the longest running request's, rounded up to a whole cache block, a quarter
-                of the context): one program per block count, all compiled by `warm_up`. The
-                cache keeps each layer's slots in per-block buffers (llama.init_cache), so a
-                step reads the blocks it attends to in place.
+  decode_step   one token for each of the first `rows` slots, attending to the first
+                `attend` cache positions (the longest running request's, rounded up to a
+                whole cache block, a quarter of the context). `rows` is the smallest row
+                bucket (1, 8, 64, ..., and all slots) holding every running request, so one
+                client pays for one row, not for every slot. One program per (rows, block
+                count), all compiled by `warm_up`. The cache keeps each layer's slots in
+                per-block buffers (llama.init_cache), so a step reads the blocks it attends to
+                in place.
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
 Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
@@ -121,25 +124,38 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
             "top_p": put("top_p", top_p), "seed": put("seed", seed)}, token
 
 
-@functools.partial(jax.jit, static_argnames=(*_STATIC, "attend"), donate_argnames=("state",))
+def row_buckets(slots: int) -> list[int]:
+    """Row counts a decode step is compiled for: powers of 8 below `slots`, then `slots`."""
+    buckets = [1]
+    while buckets[-1] * 8 < slots:
+        buckets.append(buckets[-1] * 8)
+    return buckets + [slots] if slots > 1 else buckets
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "attend", "rows"),
+                   donate_argnames=("state",))
 def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
-                dtype: str, top_k: int, attend: int) -> tuple[SlotState, jax.Array]:
-    """Feeds every slot its last token; returns the state and the next token per slot [B].
-    Inactive slots compute too (static shapes) but neither advance nor matter. Every active
-    slot's cache index must be below `attend`."""
+                dtype: str, top_k: int, attend: int, rows: int) -> tuple[SlotState, jax.Array]:
+    """Feeds each of the first `rows` slots its last token; returns the state and their next
+    tokens [rows]. `active` [rows] marks the running ones: the others compute too (static
+    shapes) but neither advance nor matter, and the slots past `rows` are left as they are.
+    Every active slot's cache index must be below `attend`."""
     model, layers = llava.from_unstacked(cfg, params)
     lm = model.language_model
-    last = state["token"][:, None]  # [B, 1]
-    hidden, cache = lm.decode(lm.embed(last, dtype), state["position"][:, None],
+    # The cache stays whole (the decoder writes and reads its first rows in place: slicing
+    # the blocks out and back copied every block); the small per-slot vectors are sliced.
+    head = {name: value[:rows] for name, value in state.items() if name != "cache"}
+    last = head["token"][:, None]  # [rows, 1]
+    hidden, cache = lm.decode(lm.embed(last, dtype), head["position"][:, None],
                               jnp.ones_like(last), state["cache"], attend=attend, layers=layers)
     logits = lm.logits(hidden)[:, 0]
-    token = choose_tokens_per_row(logits, state["temperature"], state["top_p"],
-                                  _row_keys(state["seed"], state["step"]), top_k)
-    advance = lambda new, old: jnp.where(active, new, old)
+    token = choose_tokens_per_row(logits, head["temperature"], head["top_p"],
+                                  _row_keys(head["seed"], head["step"]), top_k)
+    advance = lambda new, old: old.at[:rows].set(jnp.where(active, new[:rows], old[:rows]))
     cache = {**cache, "index": advance(cache["index"], state["cache"]["index"])}
     return {**state, "cache": cache, "token": advance(token, state["token"]),
-            "position": advance(state["position"] + 1, state["position"]),
-            "step": advance(state["step"] + 1, state["step"])}, token
+            "position": advance(head["position"] + 1, state["position"]),
+            "step": advance(head["step"] + 1, state["step"])}, token
 
 
 class Engine:
@@ -160,6 +176,7 @@ class Engine:
         self.params = llava.unstack_decoder(generator.params)
         self.cfg = generator.cfg
         self.slots = slots
+        self.row_buckets = row_buckets(slots)
         positions = self.cfg.text.max_position_embeddings
         if context is not None and not 1 < context <= positions:
             raise ValueError(f"context {context}: must be in 2..{positions} (the model's "
@@ -195,13 +212,15 @@ class Engine:
         return token
 
     def step(self, active: np.ndarray) -> jax.Array:
-        """Queues one decode step for every slot; `active` [B] bool marks the slots in use.
-        Returns the next token per slot [B] on the device (reading it waits): the host can
-        queue more work before it reads them."""
+        """Queues one decode step; `active` [B] bool marks the slots in use. Returns the next
+        token of each slot up to the last active one (at least) on the device (reading it
+        waits): the host can queue more work before it reads them."""
         active = np.asarray(active, bool)
         needed = int(self.index[active].max()) + 1 if active.any() else 1
-        self.state, tokens = decode_step(self.params, self.state, active,
-                                         attend=self._attend(needed), **self.static)
+        used = int(np.flatnonzero(active)[-1]) + 1 if active.any() else 1
+        rows = next(r for r in self.row_buckets if r >= used)
+        self.state, tokens = decode_step(self.params, self.state, active[:rows],
+                                         attend=self._attend(needed), rows=rows, **self.static)
         self.index[active] += 1
         return tokens
 
@@ -212,10 +231,11 @@ class Engine:
     def warm_up(self) -> None:
         """Compiles every decode program before the first request (a program compiled while
         requests run would stall them all)."""
-        idle = np.zeros(self.slots, bool)
-        for needed in range(1, self.context + 1, self.block):
-            self.state, _ = decode_step(self.params, self.state, idle,
-                                        attend=self._attend(needed), **self.static)
+        for rows in self.row_buckets:
+            for needed in range(1, self.context + 1, self.block):
+                self.state, _ = decode_step(self.params, self.state, np.zeros(rows, bool),
+                                            attend=self._attend(needed), rows=rows,
+                                            **self.static)
 
     @staticmethod
     def compiled_programs() -> int:

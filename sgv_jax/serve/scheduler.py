@@ -9,8 +9,9 @@ slot freed by a finished, cancelled or timed-out job is refilled on the next ite
 The host reads one step's tokens (detokenizing, streaming, finishing jobs) while the device
 runs the next: a serial loop left the device idle for that time, about a tenth of each
 iteration at 32 slots on bench_serve.py's model. A job that ends in one step therefore has one
-more step decoded for it, whose token is dropped (every slot is computed anyway). The loop
-runs on its own thread (`start`); jobs talk back through their `emit` callable, called on that
+more step decoded for it, whose token is dropped (a step computes its whole row bucket
+anyway). The loop runs on its own thread (`start`); jobs talk back through their `emit`
+callable, called on that
 thread.
 """
 
