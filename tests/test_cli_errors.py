@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tests.test_generate_helpers import write_checkpoint, write_images
-from tests.train_helpers import DEMO_DATA, REPO
+from tests.train_helpers import DEMO_DATA, REPO, demo_data
 
 
 def launch(script, *args, cwd=None, timeout=300):
@@ -95,9 +95,7 @@ def test_data_missing_file_and_missing_tokenizer(tmp_path):
     result = launch("data.py", "check", "--data", tmp_path / "none.json", "--image-folder",
                     tmp_path)
     assert_fails_clearly(result, str(tmp_path / "none.json"))
-    records = os.path.join(DEMO_DATA, "finetune_eval.json")
-    if not os.path.exists(records):
-        pytest.skip("demo data not generated yet (test_train_loop makes it)")
+    records = demo_data()["finetune_eval"]
     result = launch("data.py", "inspect", "--data", records, "--image-folder", DEMO_DATA,
                     "--tokenizer", tmp_path / "no_tokenizer")
     assert_fails_clearly(result, str(tmp_path / "no_tokenizer"))

@@ -21,7 +21,7 @@ from sgv_jax.generation import prompts
 from sgv_jax.models import get_preset
 from sgv_jax.train.loop import train
 from tests.test_generate_cli import load_launcher
-from tests.train_helpers import DEMO_DATA, REPO, load_config
+from tests.train_helpers import DEMO_DATA, REPO, demo_data, load_config
 
 pytestmark = pytest.mark.torch
 MAX_NEW = 8
@@ -84,9 +84,7 @@ def test_a_vocab_with_unused_rows_takes_image_and_pad_there(tmp_path):
 
 def test_demo_tokenizer_leaves_rows_for_image_and_pad():
     assert TOKENIZER_VOCAB + 2 <= get_preset("demo").text.vocab_size
-    if not os.path.isdir(os.path.join(DEMO_DATA, "tokenizer")):
-        pytest.skip("demo data not generated yet (the training tests make it)")
-    assert load_tokenizer(os.path.join(DEMO_DATA, "tokenizer")).vocab_size == TOKENIZER_VOCAB
+    assert load_tokenizer(demo_data()["tokenizer"]).vocab_size == TOKENIZER_VOCAB
 
 
 @pytest.mark.slow

@@ -12,6 +12,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_DATA = os.path.join(tempfile.gettempdir(), "sgv_jax_demo_data")
 
 
+def demo_data() -> dict[str, str]:
+    """The demo dataset's paths under DEMO_DATA, generated on first use (deterministic)."""
+    from sgv_jax.demo.data import generate
+
+    return generate(DEMO_DATA, seed=0)
+
+
 def load_config(name: str, variant: str = "demo", **overrides):
     config = load_config_file(os.path.join(REPO, "configs", f"{name}.py") +
                               (f":{variant}" if variant else ""))
