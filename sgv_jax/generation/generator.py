@@ -41,7 +41,8 @@ class Completion:
 @dataclasses.dataclass
 class Generator:
     cfg: VLMConfig
-    params: dict  # in the compute dtype, placed on `mesh` when one is given
+    params: dict  # in the compute dtype, placed on `mesh` when one is given, the decoder's
+    #               layers one tree each (llava.unstack_decoder: no copy per generate call)
     tokenizer: SentencePieceTokenizer
     image_processor: ImageProcessor
     dtype: str = "float32"
@@ -57,6 +58,7 @@ class Generator:
         aspect = aspect or default_aspect(cfg)
         if mesh is not None:
             params = jax.device_put(params, llava.param_shardings(cfg, mesh))
+        params = llava.unstack_decoder(params)
         processor = ImageProcessor(ImageConfig(size=cfg.vision.image_size, aspect=aspect))
         return cls(cfg, params, tokenizer, processor, dtype, mesh, bucket)
 

@@ -214,8 +214,11 @@ def unstack_decoder(params: dict) -> dict:
     """`params` with the decoder's stacked layers as a list of per-layer trees, each leaf its
     own buffer: what a program run once per decode step takes, since slicing a layer out of
     the stack inside the program copies its weights on every call (LlamaModel.split_layers).
-    Copies the decoder's weights; drop the stacked tree afterwards."""
+    Copies the decoder's weights; drop the stacked tree afterwards. An unstacked tree is
+    returned as it is."""
     lm = params["language_model"]
+    if isinstance(lm["layers"], list):
+        return params
     return {**params, "language_model": {**lm, "layers": unstack_layers(lm["layers"])}}
 
 
