@@ -71,13 +71,10 @@ def _constrain_cache(cache: dict) -> dict:
 
 def model_and_layers(cfg: VLMConfig, params: dict) -> tuple:
     """The model and its decoder layers, one module each, for `decode(layers=)` (inside jit).
-    From `llava.unstack_decoder`'s tree (the Generator holds one) they read each layer's own
-    buffers; from the stacked tree they are split out here, which copies every layer's
-    weights on each call (277 ms a call for bench_generate.py's 94M model on 2 cores)."""
-    if isinstance(params["language_model"]["layers"], list):
-        return llava.from_unstacked(cfg, params)
-    model = llava.from_params(cfg, params)
-    return model, model.language_model.split_layers()
+    The Generator's tree is already unstacked (each layer reads its own buffers); a stacked
+    one is split here, which copies every layer's weights on each call (277 ms a call for
+    bench_generate.py's 94M model on 2 cores)."""
+    return llava.from_unstacked(cfg, llava.unstack_decoder(params))
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)

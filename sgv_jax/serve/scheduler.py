@@ -11,8 +11,7 @@ runs the next: a serial loop left the device idle for that time, about a tenth o
 iteration at 32 slots on bench_serve.py's model. A job that ends in one step therefore has one
 more step decoded for it, whose token is dropped (a step computes its whole row bucket
 anyway). The loop runs on its own thread (`start`); jobs talk back through their `emit`
-callable, called on that
-thread.
+callable, called on that thread.
 """
 
 from __future__ import annotations

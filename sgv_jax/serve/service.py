@@ -74,7 +74,7 @@ class ChatService:
         self.request_timeout = request_timeout
         self.allow_local_images = allow_local_images
         self.engine = Engine(generator, max_batch, context)
-        # The engine decodes from its own per-layer copy of the weights; the service uses the
+        # The engine decodes from the generator's per-layer weights; the service uses the
         # generator for its tokenizer and image processor only, so it keeps none of them.
         self.generator = dataclasses.replace(generator, params={})
         self.scheduler = Scheduler(self.engine, generator.tokenizer, generator.eos_ids,
