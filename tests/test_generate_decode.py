@@ -126,3 +126,22 @@ def test_text_and_image_prompts_are_checked():
             assert "<image>" in str(e)
         else:
             raise AssertionError(f"{text!r} should be rejected")
+
+
+def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same():
+    """decode_jit passes its XLA:CPU options (the YNNPACK dot fusions, slower for few-row dots,
+    are off) and changes nothing a step computes beyond float order."""
+    from sgv_jax.generation.decode_jit import DecodeJit
+
+    def step(w, x):
+        return jnp.tanh(x @ w) @ w.T
+
+    w = jax.random.normal(jax.random.key(0), (256, 512))
+    x = jax.random.normal(jax.random.key(1), (8, 256))
+    decode_program = DecodeJit(step)
+    assert jax.default_backend() == "cpu"
+    assert "__ynn_fusion" not in decode_program.lower(w, x).compile().as_text()
+    want = jax.jit(step)(w, x)  # entries up to ~30: 512-term sums, in another order
+    np.testing.assert_allclose(decode_program(w, x), want, rtol=0,
+                               atol=4e-6 * float(jnp.abs(want).max()))
+    assert decode_program._cache_size() == 1
