@@ -129,7 +129,7 @@ def test_text_and_image_prompts_are_checked():
 
 
 def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same():
-    """decode_jit passes its XLA:CPU options (the YNNPACK dot fusions, slower for few-row dots,
+    """DecodeJit passes its XLA:CPU options (the YNNPACK dot fusions, slower for few-row dots,
     are off) and changes nothing a step computes beyond float order."""
     from sgv_jax.generation.decode_jit import DecodeJit
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgv_jax.generation.decode_jit import decode_jit
+from sgv_jax.generation.decode_jit import DecodeJit
 from sgv_jax.generation.sampling import SamplingConfig, choose_token
 from sgv_jax.models import llama, llava
 from sgv_jax.models.config import VLMConfig
@@ -103,7 +103,7 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
             "seen": _mark_seen(seen, token), "key": key}
 
 
-@decode_jit(static_argnames=_STATIC, donate_argnames=("state",))
+@functools.partial(DecodeJit, static_argnames=_STATIC, donate_argnames=("state",))
 def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.Array, *,
                  cfg: VLMConfig, sampling: SamplingConfig, max_new_tokens: int,
                  eos_ids: tuple[int, ...], pad_id: int, dtype: str) -> State:

@@ -21,7 +21,7 @@ CPU_DECODE_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNP
 
 class DecodeJit:
     """`jax.jit(fun, **jit_kwargs)`, with `CPU_DECODE_OPTIONS` when the default backend is
-    CPU. The backend is read at the first call, not at import (XLA_FLAGS and the platform may
+    CPU; a decorator as jax.jit is: `@functools.partial(DecodeJit, static_argnames=...)`. The backend is read at the first call, not at import (XLA_FLAGS and the platform may
     still be set before then)."""
 
     def __init__(self, fun, **jit_kwargs):
@@ -48,7 +48,3 @@ class DecodeJit:
         """Programs compiled so far (jax's private counter, summed over backends)."""
         return sum(jitted._cache_size() for jitted in self._jitted.values())
 
-
-def decode_jit(**jit_kwargs):
-    """Decorator form: `@decode_jit(static_argnames=..., donate_argnames=...)`."""
-    return lambda fun: DecodeJit(fun, **jit_kwargs)

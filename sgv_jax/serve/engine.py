@@ -15,8 +15,8 @@ the cache is updated in place, and both reading the decoder's layers from per-la
                 client pays for one row, not for every slot. One program per (rows, block
                 count), all compiled by `warm_up`. The cache keeps each layer's slots in
                 per-block buffers (llama.init_cache), so a step reads the blocks it attends to
-                in place. Compiled by `decode_jit` (on CPU without YNNPACK's dot fusions: a
-                32-row step attending 256 positions 49 -> 35 ms on bench_serve.py's model).
+                in place. Compiled by `DecodeJit` (generation/decode_jit.py: on CPU without
+                YNNPACK's dot fusions, which are slow for few-row steps).
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
 Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sgv_jax.generation import prompts
-from sgv_jax.generation.decode_jit import decode_jit
+from sgv_jax.generation.decode_jit import DecodeJit
 from sgv_jax.generation.generator import Generator
 from sgv_jax.generation.sampling import choose_tokens_per_row
 from sgv_jax.models import llama, llava
@@ -134,7 +134,8 @@ def row_buckets(slots: int) -> list[int]:
     return buckets + [slots] if slots > 1 else buckets
 
 
-@decode_jit(static_argnames=(*_STATIC, "attend", "rows"), donate_argnames=("state",))
+@functools.partial(DecodeJit, static_argnames=(*_STATIC, "attend", "rows"),
+                   donate_argnames=("state",))
 def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
                 dtype: str, top_k: int, attend: int, rows: int) -> tuple[SlotState, jax.Array]:
     """Feeds each of the first `rows` slots its last token; returns the state and their next
