@@ -10,8 +10,12 @@ about random images (every other one text-only), as a chat client sends them.
 
 Sequential: each request alone through `Generator.complete` (what `launch/generate.py run`
 does; one compiled device loop per request, no server). Server: `launch/serve.py
---max-batch N` as a subprocess on loopback; for each client count C, C threads stream
-requests from the shared list until it is empty. Both decode the same tokens (checked), so
+--max-batch N` as a subprocess on loopback; for each client count C, C concurrent streams
+(one connection each, on one asyncio event loop, as load generators such as vLLM's
+benchmark_serving.py are written) take requests from the shared list until it is empty. The
+clients share the server's cores: 32 client threads (httpx, one per stream) spent ~3
+CPU-seconds per 8k streamed tokens, a fifth of a 2-core machine, and cut the server's
+tokens/s by a quarter; the event loop spends ~1. Both decode the same tokens (checked), so
 output tokens/s compare like for like. Prints requests/s, output tokens/s, p50/p99 time to
 first token and latency, and the ratio of tokens/s to the sequential run (goal at 32
 clients: >= 4x). The load average is printed before and after: on a shared machine, rerun
@@ -31,8 +35,8 @@ up over 32 steps; the host reads each step's tokens while the device runs the ne
 """
 
 import argparse
+import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
@@ -110,19 +114,23 @@ def sequential(checkpoint: str, requests: list[dict]) -> dict:
             "answers": answers}
 
 
-def stream_one(url: str, r: dict) -> tuple[float, float, int, str]:
+def request_body(r: dict) -> dict:
     content = [{"type": "text", "text": r["question"]}]
     if r["image"]:
         with open(r["image"], "rb") as f:
             url_data = "data:image/png;base64," + base64.b64encode(f.read()).decode()
         content.append({"type": "image_url", "image_url": {"url": url_data}})
-    body = {"messages": [{"role": "user", "content": content}], "temperature": 0,
+    return {"messages": [{"role": "user", "content": content}], "temperature": 0,
             "max_tokens": r["max_tokens"], "stream": True,
             "stream_options": {"include_usage": True}}
+
+
+async def stream_one(client: httpx.AsyncClient, url: str, r: dict) -> tuple:
+    """One streamed request: (time to first token, latency, completion tokens, text)."""
     start = time.perf_counter()
     first, pieces, usage = None, [], {}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as reply:
-        for line in reply.iter_lines():
+    async with client.stream("POST", url + "/v1/chat/completions", json=request_body(r)) as reply:
+        async for line in reply.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[len("data: "):])
@@ -135,12 +143,25 @@ def stream_one(url: str, r: dict) -> tuple[float, float, int, str]:
     return first or latency, latency, usage.get("completion_tokens", 0), "".join(pieces)
 
 
+async def stream_all(url: str, requests: list[dict], clients: int) -> list[tuple]:
+    """`clients` concurrent streams (one connection each) taking requests from the list in
+    order until it is empty; results in the requests' order."""
+    results: list = [None] * len(requests)
+    todo = iter(range(len(requests)))
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=600) as client:
+        async def one_client():
+            for i in todo:
+                results[i] = await stream_one(client, url, requests[i])
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return results
+
+
 def served(url: str, requests: list[dict], clients: int) -> dict:
-    for r in requests[:2]:  # compile both prompt buckets outside the timing
-        stream_one(url, r)
+    asyncio.run(stream_all(url, requests[:2], 1))  # compile both prompt buckets outside the timing
     start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(lambda r: stream_one(url, r), requests))
+    results = asyncio.run(stream_all(url, requests, clients))
     wall = time.perf_counter() - start
     return {"wall": wall, "tokens": sum(r[2] for r in results),
             "ttft": [r[0] for r in results], "latency": [r[1] for r in results],
