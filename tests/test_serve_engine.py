@@ -162,3 +162,37 @@ def test_one_prefill_per_step_queue_bound_timeout_and_cancel(gen):
     assert list(scheduler.running.values()) == [second]
     assert first_events == [] or first_events[-1].kind == "text"  # no done for a vanished client
     assert (scheduler.counts["cancelled"], scheduler.counts["timed_out"]) == (1, 1)
+
+
+@pytest.mark.slow
+def test_slots_split_over_two_devices_decode_what_one_engine_decodes(gen):
+    """An EngineGroup over two of the host's (simulated) CPU devices: 3 slots in blocks
+    (slots 0-1 on the first device, slot 2 on the second), 4 greedy prompts through one
+    scheduler (new requests to the least busy device) give Generator.complete's answers; each
+    engine's slots live on its own device; more devices than slots is refused."""
+    import jax
+
+    from sgv_jax.serve.engine_group import EngineGroup
+
+    devices = jax.local_devices()[:2]
+    group = EngineGroup(gen, slots=3, devices=devices)
+    assert [e.slots for e in group.engines] == [2, 1]
+    # Below `concentrate` running requests the first device takes them; then the least busy.
+    assert (group.choose_slot([0, 1, 2]), group.choose_slot([1, 2])) == (0, 1)
+    group.concentrate = 1
+    assert (group.choose_slot([0, 1, 2]), group.choose_slot([1, 2])) == (0, 2)
+    assert [e.state["token"].devices() for e in group.engines] == [{d} for d in devices]
+    group.warm_up()
+    scheduler = Scheduler(group, gen.tokenizer, gen.eos_ids, max_queue=8)
+    pixels = [image(0), None, image(1), None]
+    jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]
+    for job, _ in jobs:
+        scheduler.submit(job)
+    run(scheduler, [e for _, e in jobs])
+    for (_, events), q, p in zip(jobs, QUESTIONS, pixels):
+        want = gen.complete([prompts.build_prompt("v1", q, p is not None)], [p],
+                            max_new_tokens=10)[0]
+        assert answer_of(events) == want.text
+    assert all(e.index.max() > 0 for e in group.engines)  # both devices decoded
+    with pytest.raises(ValueError, match="3 devices for 2 slots"):
+        EngineGroup(gen, slots=2, devices=jax.local_devices()[:3])

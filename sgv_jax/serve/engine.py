@@ -59,10 +59,11 @@ class SlotRequest:
     seed: int = 0
 
 
-def init_slots(cfg: VLMConfig, slots: int, context: int, block: int, dtype: str) -> SlotState:
-    """Empty slots of `context` cache positions (a multiple of `block`), committed to the first
-    device as the programs' outputs are (an uncommitted first state would compile every program
-    a second time)."""
+def init_slots(cfg: VLMConfig, slots: int, context: int, block: int, dtype: str,
+               device: jax.Device) -> SlotState:
+    """Empty slots of `context` cache positions (a multiple of `block`), committed to `device`
+    as the programs' outputs are (an uncommitted first state would compile every program a
+    second time)."""
 
     def zeros():  # one buffer per leaf: the state is donated, and a shared buffer cannot be
         return jnp.zeros((slots,), jnp.int32)
@@ -72,7 +73,7 @@ def init_slots(cfg: VLMConfig, slots: int, context: int, block: int, dtype: str)
              "token": zeros(), "position": zeros(), "step": zeros(),
              "temperature": jnp.zeros((slots,), jnp.float32),
              "top_p": jnp.ones((slots,), jnp.float32), "seed": jnp.zeros((slots,), jnp.uint32)}
-    return jax.device_put(state, jax.local_devices()[0])
+    return jax.device_put(state, device)
 
 
 def _row_keys(seed: jax.Array, step: jax.Array) -> jax.Array:
@@ -165,17 +166,19 @@ class Engine:
 
     `context` (default: the model's max_position_embeddings) is every slot's cache length: a
     request's prompt plus its answer must fit in it. Prompts are right-padded to a multiple of
-    `bucket` tokens, so prompts of similar length share one compiled prefill.
+    `bucket` tokens, so prompts of similar length share one compiled prefill. `device`
+    (default: the first local one) holds the slots and a copy of the weights.
     """
 
     def __init__(self, generator: Generator, slots: int, context: int | None = None,
-                 bucket: int = 32, top_k: int = 50):
+                 bucket: int = 32, top_k: int = 50, device: jax.Device | None = None):
         if generator.mesh is not None:
             raise ValueError("serving runs on one device; build the Generator without a mesh")
         self.generator = generator
+        self.device = device or jax.local_devices()[0]
         # Per-layer weight buffers (llava.unstack_decoder): a 32-slot step reading the stacked
         # ones spent most of its time copying layers out of the stack.
-        self.params = llava.unstack_decoder(generator.params)
+        self.params = jax.device_put(llava.unstack_decoder(generator.params), self.device)
         self.cfg = generator.cfg
         self.slots = slots
         self.row_buckets = row_buckets(slots)
@@ -193,8 +196,14 @@ class Engine:
     def reset(self) -> None:
         """Fresh (empty) slots, e.g. after a failed device call left the donated state unusable."""
         self.state = init_slots(self.cfg, self.slots, self.block * ATTEND_BUCKETS, self.block,
-                                self.generator.dtype)
+                                self.generator.dtype, self.device)
         self.index = np.zeros(self.slots, np.int64)  # the host's copy of the cache indices
+
+    @staticmethod
+    def choose_slot(free: list[int]) -> int:
+        """The slot a new request takes: the lowest free one, so the running requests stay in
+        the first rows and a step computes the smallest row bucket."""
+        return free[0]
 
     def prefill(self, slot: int, request: SlotRequest) -> jax.Array:
         """Queues `request`'s prefill into `slot` (replacing whatever was there); returns its

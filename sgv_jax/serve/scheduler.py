@@ -147,7 +147,8 @@ class Scheduler:
         try:
             started = None
             if starting is not None:
-                started = (free[0], starting, self._start(free[0], starting))
+                slot = self.engine.choose_slot(free)
+                started = (slot, starting, self._start(slot, starting))
             queued = None
             if self.running:
                 active = np.asarray([s in self.running for s in range(self.engine.slots)])

@@ -16,10 +16,13 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 
+import jax
+
 from sgv_jax.checkpoint_sgv import read_sgv_config
 from sgv_jax.generation import prompts
 from sgv_jax.generation.generator import Generator
 from sgv_jax.serve.engine import Engine, SlotRequest
+from sgv_jax.serve.engine_group import EngineGroup
 from sgv_jax.serve.protocol import BadRequest, ChatRequest
 from sgv_jax.serve.scheduler import Event, Job, Scheduler
 
@@ -55,6 +58,16 @@ class _Outbox:
             queue.put_nowait(event)
 
 
+def _local_devices(count: int) -> list:
+    """The first `count` devices of this host (on CPU: XLA host devices, which
+    `launch/serve.py --devices` creates before JAX starts)."""
+    devices = jax.local_devices()
+    if not 1 <= count <= len(devices):
+        raise ValueError(f"--devices {count}: must be 1 to {len(devices)} (this host's "
+                         f"{devices[0].platform} devices)")
+    return devices[:count]
+
+
 @dataclasses.dataclass(eq=False)
 class Submission:
     job: Job
@@ -66,14 +79,16 @@ class Submission:
 class ChatService:
     def __init__(self, generator: Generator, *, template: str = "v1", model_name: str = "sgv",
                  max_batch: int = 8, max_queue: int = 64, request_timeout: float = 600.0,
-                 context: int | None = None, allow_local_images: bool = False):
+                 context: int | None = None, allow_local_images: bool = False,
+                 devices: int = 1):
         if template not in prompts.TEMPLATES:
             raise ValueError(f"unknown template {template!r}; expected one of {prompts.TEMPLATES}")
         self.template = template
         self.model_name = model_name
         self.request_timeout = request_timeout
         self.allow_local_images = allow_local_images
-        self.engine = Engine(generator, max_batch, context)
+        self.engine = (Engine(generator, max_batch, context) if devices == 1
+                       else EngineGroup(generator, max_batch, _local_devices(devices), context))
         # The engine decodes from the generator's per-layer weights; the service uses the
         # generator for its tokenizer and image processor only, so it keeps none of them.
         self.generator = dataclasses.replace(generator, params={})
