@@ -7,7 +7,7 @@ first device's while fewer than `CONCENTRATE` requests run, since a step of few 
 by reading the weights and every device would read them; after that the least busy device's,
 so rows and prefills stay balanced (a device taking several new requests in a row stalls the
 whole step on its prefills). Each device compiles its own programs: the decode steps at
-warm-up, a prompt bucket's prefill the first time that device meets it.
+warm-up, and a prompt bucket's prefill for all devices when the first of them meets it.
 
 On a GPU or TPU host the devices are its accelerators. On CPU they are XLA host devices
 (`--xla_force_host_platform_device_count`, set by `launch/serve.py --devices`), each running
@@ -64,6 +64,7 @@ class EngineGroup:
         self.slots = slots
         self.context = self.engines[0].context
         self.concentrate = concentrate
+        self._prefill_shapes: set[tuple] = set()  # prompt buckets compiled on every device
 
     def _index(self, slot: int) -> int:
         return next(i for i in reversed(range(len(self.firsts))) if self.firsts[i] <= slot)
@@ -85,7 +86,16 @@ class EngineGroup:
         return min(free, key=lambda slot: (running[self._index(slot)], slot))
 
     def prefill(self, slot: int, request: SlotRequest) -> jax.Array:
+        """The engine holding `slot` prefills it. A prompt bucket no device has met yet is
+        compiled for every device now, so it stalls the running requests once, not once per
+        device at some later moment."""
         engine, local = self._locate(slot)
+        shape = engine.prefill_shape(request)
+        if shape not in self._prefill_shapes:
+            self._prefill_shapes.add(shape)
+            for other in self.engines:
+                if other is not engine:
+                    other.compile_prefill(request)
         return engine.prefill(local, request)
 
     def step(self, active: np.ndarray) -> StepTokens:
