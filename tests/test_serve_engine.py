@@ -182,8 +182,7 @@ def test_slots_split_over_two_devices_decode_what_one_engine_decodes(gen):
     group.concentrate = 1
     assert (group.choose_slot([0, 1, 2]), group.choose_slot([1, 2])) == (0, 2)
     assert [e.state["token"].devices() for e in group.engines] == [{d} for d in devices]
-    group.warm_up()
-    scheduler = Scheduler(group, gen.tokenizer, gen.eos_ids, max_queue=8)
+    scheduler = Scheduler(group, gen.tokenizer, gen.eos_ids, max_queue=8)  # compiles lazily
     pixels = [image(0), None, image(1), None]
     jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]
     for job, _ in jobs:
