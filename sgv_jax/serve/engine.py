@@ -222,7 +222,7 @@ class Engine:
         n = len(request.ids)
         if not 0 < n < self.context:
             raise ValueError(f"prompt of {n} tokens does not fit the context of {self.context}")
-        width = min(prompts.bucket_length(n, self.bucket), self.context)
+        width, _ = self.prefill_shape(request)
         ids = np.full((1, width), max(self.generator.tokenizer.pad_id, 0), np.int32)
         ids[0, :n] = request.ids
         pixels = None if request.pixels is None else request.pixels[None].astype(np.float32)
