@@ -47,6 +47,23 @@ def answer_of(events) -> str:
     return "".join(e.text for e in events if e.kind == "text")
 
 
+def question_images():  # QUESTIONS' images: the 1st and 3rd have one
+    return [image(0), None, image(1), None]
+
+
+def run_questions_and_complete_them_alone(gen, scheduler, max_tokens=10):
+    """QUESTIONS (with question_images) as greedy jobs through `scheduler` together; returns
+    (job, its events, Generator.complete's reply for it alone) for each."""
+    pixels = question_images()
+    jobs = [make_job(slot_request(gen, q, p), max_tokens) for q, p in zip(QUESTIONS, pixels)]
+    for job, _ in jobs:
+        scheduler.submit(job)
+    run(scheduler, [e for _, e in jobs])
+    return [(job, events, gen.complete([prompts.build_prompt("v1", q, p is not None)], [p],
+                                       max_new_tokens=max_tokens)[0])
+            for (job, events), q, p in zip(jobs, QUESTIONS, pixels)]
+
+
 @pytest.mark.slow
 def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
     """Greedy answers of 4 prompts (two with images, different lengths) sharing 3 slots equal
@@ -55,14 +72,7 @@ def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
     engine = Engine(gen, slots=3)
     engine.warm_up()
     scheduler = Scheduler(engine, gen.tokenizer, gen.eos_ids, max_queue=8)
-    pixels = [image(0), None, image(1), None]
-    jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]
-    for job, _ in jobs:
-        scheduler.submit(job)
-    run(scheduler, [e for _, e in jobs])
-    for (job, events), q, p in zip(jobs, QUESTIONS, pixels):
-        want = gen.complete([prompts.build_prompt("v1", q, p is not None)], [p],
-                            max_new_tokens=10)[0]
+    for job, events, want in run_questions_and_complete_them_alone(gen, scheduler):
         assert answer_of(events) == want.text
         assert events[-1].completion_tokens == len(want.tokens)
         assert events[-1].prompt_tokens == len(job.request.ids)
@@ -70,7 +80,7 @@ def test_slots_decode_what_generator_complete_decodes_and_never_recompile(gen):
     compiled = Engine.compiled_programs()
     again = [make_job(slot_request(gen, q + " Again?", p, temperature=0.5 * i, top_p=0.9,
                                    seed=i), 4 + i)
-             for i, (q, p) in enumerate(zip(QUESTIONS, pixels))]
+             for i, (q, p) in enumerate(zip(QUESTIONS, question_images()))]
     for job, _ in again:
         scheduler.submit(job)
     run(scheduler, [e for _, e in again])
@@ -183,14 +193,7 @@ def test_slots_split_over_two_devices_decode_what_one_engine_decodes(gen):
     assert (group.choose_slot([0, 1, 2]), group.choose_slot([1, 2])) == (0, 2)
     assert [e.state["token"].devices() for e in group.engines] == [{d} for d in devices]
     scheduler = Scheduler(group, gen.tokenizer, gen.eos_ids, max_queue=8)  # compiles lazily
-    pixels = [image(0), None, image(1), None]
-    jobs = [make_job(slot_request(gen, q, p), 10) for q, p in zip(QUESTIONS, pixels)]
-    for job, _ in jobs:
-        scheduler.submit(job)
-    run(scheduler, [e for _, e in jobs])
-    for (_, events), q, p in zip(jobs, QUESTIONS, pixels):
-        want = gen.complete([prompts.build_prompt("v1", q, p is not None)], [p],
-                            max_new_tokens=10)[0]
+    for _, events, want in run_questions_and_complete_them_alone(gen, scheduler):
         assert answer_of(events) == want.text
     assert all(e.index.max() > 0 for e in group.engines)  # both devices decoded
     with pytest.raises(ValueError, match="3 devices for 2 slots"):
