@@ -21,6 +21,31 @@ def test_blocked_attention_equals_full(highest_precision, monkeypatch):
                                atol=1e-6, rtol=0)
 
 
+def test_causal_blocks_skip_masked_keys_and_change_no_value_or_gradient(highest_precision,
+                                                                         monkeypatch):
+    # Training's causal self-attention skips the key blocks after each query block; over a
+    # right-padded batch (every query may attend to its row's first key) the values and the
+    # gradients of q, k and v must be those of the whole masked score matrix.
+    rng = np.random.default_rng(2)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 8, 4, 6)), jnp.float32) for _ in range(3))
+    k, v = k[:, :, :2], v[:, :, :2]  # grouped heads
+    keys = jnp.asarray([[True] * 8, [True] * 5 + [False] * 3])
+    mask = jnp.tril(jnp.ones((8, 8), bool))[None] & keys[:, None, :]
+
+    def run(fn):
+        return jax.value_and_grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))(q, k, v)
+
+    want, g_want = run(lambda q, k, v: layers._attention(q, k, v, mask))
+    monkeypatch.setattr(layers, "QUERY_BLOCK", 2)
+    blocked = lambda q, k, v: layers.attention(q, k, v, mask, causal=True)  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(blocked)(q, k, v))
+    assert "f32[2,4,2,2]" in jaxpr  # the first block's scores: its 2 keys, not all 8
+    got, g_got = run(blocked)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    for a, b in zip(g_got, g_want):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_fused_attention_call_equals_einsum_path(highest_precision):
     """The fused path's call (cuDNN on GPUs) passes layout, grouped heads, scale and mask as the
     einsum path reads them: checked through jax's XLA implementation of the same call, with a
@@ -62,6 +87,23 @@ def test_chunked_loss_and_gradient_equal_unchunked(highest_precision):
     g2 = jax.grad(lambda p: chunked(p)[0])(params)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_the_loss_runs_whole_below_its_budget_and_in_chunks_above(monkeypatch):
+    # Chunks recompute their logits in the backward pass, so they are only worth it when the
+    # whole batch's logits would be big (LOSS_BUDGET_BYTES); the chunked numbers are checked
+    # above, this checks which path runs.
+    cfg = get_preset("tiny_even")
+    params = llava.init(cfg, jax.random.key(0))
+    batch = demo_batch(cfg, batch=2, text=16)  # 32 tokens
+
+    def scans(p):
+        return str(jax.make_jaxpr(lambda p: llava.loss_terms(p, cfg, batch))(p)).count("scan[")
+
+    monkeypatch.setattr(llava, "LOSS_CHUNK", 8)
+    whole = scans(params)
+    monkeypatch.setattr(llava, "LOSS_BUDGET_BYTES", 2 * 32 * cfg.text.vocab_size * 4 - 1)
+    assert scans(params) == whole + 1
 
 
 def test_sliced_mlp_loss_and_gradient_equal_whole(highest_precision, monkeypatch):

@@ -146,9 +146,10 @@ class LlamaAttention(nnx.Module):
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
-        """q [B, T, N, H]; k/v [B, S, K, H], or lists of the cache's blocks (layers.attention)."""
+        """q [B, T, N, H]; k/v [B, S, K, H] (the T inputs' own keys: causal self-attention),
+        or lists of the cache's blocks (layers.attention)."""
         b, t = q.shape[:2]
-        out = attention(q, k, v, mask)
+        out = attention(q, k, v, mask, causal=not isinstance(k, list))
         return nn.apply_linear(self.o_proj, out.reshape(b, t, self.num_heads * self.head_dim),
                                _key_for(dropout_key, "o_proj"))
 

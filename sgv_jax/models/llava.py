@@ -39,8 +39,13 @@ from sgv_jax.sharding import check_whole_heads, tree_shardings
 
 __all__ = ["REMAT_POLICIES", "LlavaModel", "build_model", "check_remat"]
 
-# Rows of the vocabulary projection computed at once by the loss (see `LlavaModel.loss_terms`).
+# Rows of the vocabulary projection computed at once by the loss (see `LlavaModel.loss_terms`),
+# when the whole batch's fp32 logits would exceed LOSS_BUDGET_BYTES: at ShareGPT4V-7B's 16 x 2048
+# x 32000 they are 4.2 GB. Below the budget chunks only cost time (each chunk's logits are
+# recomputed in the backward pass: 28% of bench_train.py's head + loss time), so the loss runs
+# whole.
 LOSS_CHUNK = 256
+LOSS_BUDGET_BYTES = 256 << 20
 
 
 def image_positions(input_ids: jax.Array, cfg: VLMConfig) -> jax.Array:
@@ -118,16 +123,20 @@ class LlavaModel(nnx.Module):
         return self.language_model.logits(hidden), out
 
     def loss_terms(self, batch: dict, dtype=jnp.float32, remat: str = "none",
-                   no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
+                   no_grad_below: int = 0, chunk: int | None = None,
                    dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(sum of shifted token losses, counted tokens) without materialising [B, L, V] logits:
-        the vocabulary projection and cross-entropy run over `chunk`-token slices, each
-        rematerialised in the backward pass (fp32 logits of 16 x 2048 x 32000 would be 4 GB)."""
+        """(sum of shifted token losses, counted tokens). Above LOSS_BUDGET_BYTES of logits
+        (or when `chunk` is given) without materialising [B, L, V] logits: the vocabulary
+        projection and cross-entropy run over `chunk`-token slices (default LOSS_CHUNK), each
+        rematerialised in the backward pass."""
         hidden = self.hidden_states(batch, dtype, remat, no_grad_below, dropout_key=dropout_key)
         # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
         labels = batch["labels"]
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], 1)
-        length = hidden.shape[1]
+        b, length, d = hidden.shape
+        if chunk is None:
+            logit_bytes = b * length * self.language_model.cfg.vocab_size * 4  # fp32
+            chunk = LOSS_CHUNK if logit_bytes > LOSS_BUDGET_BYTES else length
         if length <= chunk or length % chunk:
             return self._chunk_losses(hidden, targets)
         lm_graph, lm_state = nnx.split(self.language_model)
@@ -138,7 +147,6 @@ class LlavaModel(nnx.Module):
             total, count = _chunk_losses(nnx.merge(lm_graph, lm_state), h, t)
             return (carry[0] + total, carry[1] + count), None
 
-        b, d = hidden.shape[0], hidden.shape[2]
         hs = hidden.reshape(b, length // chunk, chunk, d).swapaxes(0, 1)
         ts = targets.reshape(b, length // chunk, chunk).swapaxes(0, 1)
         init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
@@ -304,7 +312,7 @@ def forward(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
 
 
 def loss_terms(params: dict, cfg: VLMConfig, batch: dict, dtype=jnp.float32,
-               remat: str = "none", no_grad_below: int = 0, chunk: int = LOSS_CHUNK,
+               remat: str = "none", no_grad_below: int = 0, chunk: int | None = None,
                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     model = from_params(cfg, cast_floating(params, dtype))
     return model.loss_terms(batch, dtype, remat, no_grad_below, chunk, dropout_key)
