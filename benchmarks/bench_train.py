@@ -164,7 +164,8 @@ def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup
     batch = {k: jnp.asarray(v[None]) for k, v in batch_np.items()}  # A = 1 micro-batch
     fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.dtype(dtype), remat,
                                   freeze_pad_row=True)
-    jitted = jax.jit(fn, donate_argnums=(0,))
+    jitted = jax.jit(fn, donate_argnums=(0,),
+                     compiler_options=step_lib.compiler_options(jax.default_backend()))
     t0 = time.perf_counter()
     compiled = jitted.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0

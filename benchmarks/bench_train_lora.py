@@ -64,7 +64,9 @@ def jax_side(args) -> dict:
     batch = {k: jnp.asarray(v[None]) for k, v in batch_np.items()}
     fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.float32, "none",
                                   freeze_pad_row=True)
-    compiled = jax.jit(fn, donate_argnums=(0,)).lower(state, frozen, batch).compile()
+    options = step_lib.compiler_options(jax.default_backend())
+    compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=options).lower(
+        state, frozen, batch).compile()
     losses, times = [], []
     for _ in range(args.warmup + args.steps):
         t0 = time.perf_counter()

@@ -152,3 +152,26 @@ def test_short_demo_loss_goes_down(runs):
                       **{"optim.lr": 3e-3}), workdir)
     curve = losses(workdir)
     assert curve[25] < 0.6 * curve[5], curve
+
+
+def test_the_cpu_train_step_gives_ynnpack_its_dots_only():
+    # XLA:CPU's default also hands reductions (the softmax's max and sum) to YNNPACK, which ran
+    # bench_train.py's step 10% slower (step.CPU_COMPILER_OPTIONS). The trainer's step keeps
+    # YNNPACK's dot fusions and leaves every reduction to XLA.
+    import re
+
+    from sgv_jax import sharding
+    from sgv_jax.models import get_preset
+    from sgv_jax.train.layout import build_layout
+
+    config = load_config("llava15_pretrain")
+    layout = build_layout(config, get_preset(config.model), sharding.make_mesh(), 10)
+    batch = layout.abstract_batch()
+
+    def ynn_ops(step) -> set[str]:
+        text = step.lower(layout.abstract_state, layout.abstract_frozen, batch).compile().as_text()
+        return set(re.findall(r'ynn_fusion[.\d]* = .*?op_name="[^"]*/(\w+)"', text))
+
+    assert ynn_ops(layout.train_step) == {"dot_general"}
+    # Without the option this XLA hands it reductions too (if it stops, the option can go).
+    assert ynn_ops(jax.jit(layout.train_step.__wrapped__)) > {"dot_general"}

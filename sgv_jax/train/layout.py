@@ -163,8 +163,10 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     step_fn = step_lib.make_train_step(model, optimizer, schedule, compute_dtype, config.remat,
                                        config.freeze_pad_row, no_grad_below, config.seed)
     state_sh, frozen_sh = _shardings(abs_state), _shardings(abs_frozen)
+    options = step_lib.compiler_options(mesh.devices.flat[0].platform)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None),
-                         out_shardings=(state_sh, None), donate_argnums=(0,))
-    eval_step = jax.jit(step_lib.make_eval_step(model, compute_dtype))
+                         out_shardings=(state_sh, None), donate_argnums=(0,),
+                         compiler_options=options)
+    eval_step = jax.jit(step_lib.make_eval_step(model, compute_dtype), compiler_options=options)
     return TrainLayout(model, mesh, trainable, compute_dtype, accum, micro, config.data.max_length,
                        schedule, optimizer, abs_state, abs_frozen, train_step, eval_step)
