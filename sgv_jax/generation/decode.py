@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgv_jax.generation.decode_jit import DecodeJit
+from sgv_jax.generation.decode_jit import CPU_LOOP_OPTIONS, DecodeJit
 from sgv_jax.generation.sampling import SamplingConfig, choose_token
 from sgv_jax.models import llama, llava
 from sgv_jax.models.config import VLMConfig
@@ -103,7 +103,8 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
             "seen": _mark_seen(seen, token), "key": key}
 
 
-@functools.partial(DecodeJit, static_argnames=_STATIC, donate_argnames=("state",))
+@functools.partial(DecodeJit, cpu_options=CPU_LOOP_OPTIONS, static_argnames=_STATIC,
+                   donate_argnames=("state",))
 def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.Array, *,
                  cfg: VLMConfig, sampling: SamplingConfig, max_new_tokens: int,
                  eos_ids: tuple[int, ...], pad_id: int, dtype: str) -> State:
@@ -122,7 +123,7 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
         last = jax.lax.dynamic_index_in_dim(s["tokens"], s["step"] - 1, axis=1)  # [B, 1]
         embeds = lm.embed(last, dtype)
         hidden, cache = lm.decode(embeds, s["position"][:, None], jnp.ones_like(last), s["cache"],
-                                  layers=layers)
+                                  layers=layers, read_first=True)
         logits = lm.logits(hidden)[:, 0]
         key, sub = jax.random.split(s["key"])
         token = choose_token(logits, s["seen"], sampling, sub)

@@ -193,17 +193,25 @@ class LlamaDecoderLayer(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
-        """cache: None, or (this layer's key blocks, value blocks, write index, attend): the
-        new keys/values are written into the blocks, which are returned; attention reads the
-        first `attend` slots (static, a whole number of blocks; None: all). `dropout_key`: this
-        layer's key for the adapters' dropout (training only)."""
+        """cache: None, or (this layer's key blocks, value blocks, write index, attend,
+        read_first): the new keys/values are written into the blocks, which are returned;
+        attention reads the first `attend` slots (static, a whole number of blocks; None: all)
+        after the write, or with `read_first` (see `LlamaModel.decode`) as they were before
+        it and then the new keys themselves. `dropout_key`: this layer's key for the adapters'
+        dropout (training only)."""
         q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
         if cache is not None:
-            ks, vs, index, attend = cache
+            ks, vs, index, attend, read_first = cache
             read = len(ks) if attend is None else attend // ks[0].shape[2]
+            old_k, old_v = ks[:read], vs[:read]
             ks = _write_kv(ks[:read], k, index) + ks[read:]
             vs = _write_kv(vs[:read], v, index) + vs[read:]
-            k, v = ks[:read], vs[:read]  # lists of [B, K, S', H] blocks, read in place
+            if read_first:
+                # The new keys as the cache holds them (its dtype), heads-major as its blocks.
+                k = old_k + [k.astype(ks[0].dtype).transpose(0, 2, 1, 3)]
+                v = old_v + [v.astype(vs[0].dtype).transpose(0, 2, 1, 3)]
+            else:
+                k, v = ks[:read], vs[:read]  # lists of [B, K, S', H] blocks, read in place
             if k[0].shape[0] > x.shape[0]:  # the inputs are the cache's first rows
                 k, v = ([blk[:x.shape[0]] for blk in blocks] for blocks in (k, v))
             cache = (ks, vs)
@@ -229,7 +237,7 @@ class LlamaModel(nnx.Module):
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                cache: dict | None = None, remat: str = "none",
                dropout_key: jax.Array | None = None, attend: int | None = None,
-               layers: list[LlamaDecoderLayer] | None = None):
+               layers: list[LlamaDecoderLayer] | None = None, read_first: bool = False):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
@@ -244,6 +252,14 @@ class LlamaModel(nnx.Module):
         A per-slot cache may hold more rows than the B inputs, which are then its first B
         rows (a serving step over the running slots only): they are written in place and only
         they are read, the other rows are left as they are.
+        `read_first` (with a cache): attention reads the cache's blocks as they were before
+        this call's write, plus the new keys themselves, so that nothing reads a block after
+        its write. For a loop that carries the cache (`decode_steps`): a block read after its
+        write made XLA:CPU copy every block of the loop state on every step (20 copies a step
+        for bench_generate.py's 10 layers; none with this and region-analysed copy insertion,
+        decode_jit.py: batch 1 13.4 -> 11.2 ms a step). A serving step (one call per step, the
+        cache donated) is slower with it (8 rows 10.5 -> 22 ms), and so is a prefill, which
+        would attend to the fresh cache's empty slots and its own keys twice over.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
@@ -263,6 +279,13 @@ class LlamaModel(nnx.Module):
             key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
         mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :attend]
+        if cache is not None and read_first:
+            # The blocks as they were, then the T new keys: the slots being written are masked
+            # out of the blocks and seen through the new keys instead (causally, real ones).
+            writing = ((key_slot[None, :] >= query_slot[:, :1])
+                       & (key_slot[None, :] < query_slot[:, :1] + t))  # [B or 1, S]
+            own = jnp.tril(jnp.ones((t, t), jnp.bool_))[None] & valid[:, None, :]  # [B, T, T]
+            mask = jnp.concatenate([mask & ~writing[:, None, :], own], axis=-1)
 
         x = constrain(embeds, ACT)
         if cache is None:
@@ -279,7 +302,7 @@ class LlamaModel(nnx.Module):
             for i, layer in enumerate(layers):
                 x, (k, v) = layer(x, positions, mask, (constrain_blocks(cache["k"][i]),
                                                        constrain_blocks(cache["v"][i]),
-                                                       index, attend))
+                                                       index, attend, read_first))
                 ks.append(k)
                 vs.append(v)
             new_index = (index + t if index.ndim == 0
