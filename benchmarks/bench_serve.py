@@ -25,7 +25,7 @@ Where the time goes: a decode step computes the smallest row bucket (1, 8, 32 sl
 the running requests (static shapes; serve/engine.py), so 1 client pays for one row and 2-8
 clients for eight (in process on this model, attend 128: 6.0 / 15.0 / 32.0 ms per step for
 1 / 8 / 32 rows; every step was a 32-row one, ~31 ms, before); the decode programs compile
-without XLA:CPU's YNNPACK dots (generation/decode_jit.py: a 32-row step attending 256
+without XLA:CPU's YNNPACK dots (sgv_jax/xla_cpu.py: a 32-row step attending 256
 positions 49 -> 35 ms); attention reads each row's cache up to the longest running request
 (whole blocks of a quarter of the context, read in place: llama.init_cache), and at 32 rows of
 this small model that reading costs about as much as the matmuls, on ONE core: XLA:CPU runs

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import optax
 import roofs
 
+from sgv_jax import xla_cpu
 from sgv_jax.constants import IGNORE_INDEX
 from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
 from sgv_jax.models.config import VLMConfig
@@ -165,7 +166,8 @@ def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup
     fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.dtype(dtype), remat,
                                   freeze_pad_row=True)
     jitted = jax.jit(fn, donate_argnums=(0,),
-                     compiler_options=step_lib.compiler_options(jax.default_backend()))
+                     compiler_options=xla_cpu.options_for(jax.default_backend(),
+                                                           xla_cpu.LARGE_DOTS))
     t0 = time.perf_counter()
     compiled = jitted.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0

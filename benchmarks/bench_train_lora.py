@@ -46,6 +46,7 @@ def jax_side(args) -> dict:
     import optax
     from bench_train import BETAS, EPS, LR, WD
 
+    from sgv_jax import xla_cpu
     from sgv_jax.models import lora
     from sgv_jax.models.config import LoraConfig
     from sgv_jax.train import optim
@@ -64,7 +65,7 @@ def jax_side(args) -> dict:
     batch = {k: jnp.asarray(v[None]) for k, v in batch_np.items()}
     fn = step_lib.make_train_step(cfg, optimizer, schedule, jnp.float32, "none",
                                   freeze_pad_row=True)
-    options = step_lib.compiler_options(jax.default_backend())
+    options = xla_cpu.options_for(jax.default_backend(), xla_cpu.LARGE_DOTS)
     compiled = jax.jit(fn, donate_argnums=(0,), compiler_options=options).lower(
         state, frozen, batch).compile()
     losses, times = [], []

@@ -129,16 +129,16 @@ def test_text_and_image_prompts_are_checked():
 
 
 def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same():
-    """DecodeJit passes its XLA:CPU options (the YNNPACK dot fusions, slower for few-row dots,
+    """CpuOptionsJit passes its XLA:CPU options (the YNNPACK dot fusions, slower for few-row dots,
     are off) and changes nothing a step computes beyond float order."""
-    from sgv_jax.generation.decode_jit import DecodeJit
+    from sgv_jax import xla_cpu
 
     def step(w, x):
         return jnp.tanh(x @ w) @ w.T
 
     w = jax.random.normal(jax.random.key(0), (256, 512))
     x = jax.random.normal(jax.random.key(1), (8, 256))
-    decode_program = DecodeJit(step)
+    decode_program = xla_cpu.CpuOptionsJit(xla_cpu.FEW_ROW_DOTS, step)
     assert jax.default_backend() == "cpu"
     assert "__ynn_fusion" not in decode_program.lower(w, x).compile().as_text()
     want = jax.jit(step)(w, x)  # entries up to ~30: 512-term sums, in another order
@@ -150,7 +150,7 @@ def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same
 @pytest.mark.parametrize("rows", [1, 2])
 def test_the_decode_loop_writes_its_cache_in_place(rows):
     # Each step reads the cache blocks before writing its key (LlamaModel.decode read_first) and
-    # CPU copy insertion is region-analysed (decode_jit): no block of the loop-carried cache
+    # CPU copy insertion is region-analysed (xla_cpu.DECODE_LOOP): no block of the loop-carried cache
     # is copied. Before, every step copied each block up to four times (a quarter of a batch-1
     # step in bench_generate.py).
     import re
@@ -167,3 +167,27 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     shape = "f32[{}]".format(",".join(map(str, block.shape)))
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)
+
+
+def test_fused_projections_compute_what_the_separate_ones_do(highest_precision):
+    # The decode loop runs q/k/v and gate/up as one matmul each (fuse_projections); a layer
+    # with adapters keeps its separate linears (their LoRA branches).
+    from sgv_jax.models.config import LoraConfig
+
+    cfg = get_preset("tiny")
+    _, layers = decode.model_and_layers(cfg, llava.init(cfg, jax.random.key(0)))
+    layer = layers[0]
+    x = jax.random.normal(jax.random.key(1), (2, 5, cfg.text.hidden_size))
+    positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+    mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
+    want = layer(x, positions, mask)[0]
+    layer.fuse_projections()
+    assert hasattr(layer.self_attn, "qkv_proj") and not hasattr(layer.self_attn, "q_proj")
+    assert hasattr(layer.mlp, "gate_up_proj") and not hasattr(layer.mlp, "up_proj")
+    np.testing.assert_allclose(layer(x, positions, mask)[0], want, atol=1e-6, rtol=0)
+
+    lora_cfg = cfg.replace(lora=LoraConfig(rank=2, alpha=4.0))
+    _, lora_layers = decode.model_and_layers(lora_cfg, llava.init(lora_cfg, jax.random.key(0)))
+    lora_layers[0].fuse_projections()
+    assert hasattr(lora_layers[0].self_attn, "q_proj")
+    assert not hasattr(lora_layers[0].self_attn, "qkv_proj")

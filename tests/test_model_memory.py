@@ -37,7 +37,7 @@ def test_causal_blocks_skip_masked_keys_and_change_no_value_or_gradient(highest_
 
     want, g_want = run(lambda q, k, v: layers._attention(q, k, v, mask))
     monkeypatch.setattr(layers, "QUERY_BLOCK", 2)
-    blocked = lambda q, k, v: layers.attention(q, k, v, mask, causal=True)  # noqa: E731
+    blocked = lambda q, k, v: layers.attention(q, k, v, mask, causal=True)
     jaxpr = str(jax.make_jaxpr(blocked)(q, k, v))
     assert "f32[2,4,2,2]" in jaxpr  # the first block's scores: its 2 keys, not all 8
     got, g_got = run(blocked)

@@ -156,7 +156,7 @@ def test_short_demo_loss_goes_down(runs):
 
 def test_the_cpu_train_step_gives_ynnpack_its_dots_only():
     # XLA:CPU's default also hands reductions (the softmax's max and sum) to YNNPACK, which ran
-    # bench_train.py's step 10% slower (step.CPU_COMPILER_OPTIONS). The trainer's step keeps
+    # bench_train.py's step 10% slower (xla_cpu.LARGE_DOTS). The trainer's step keeps
     # YNNPACK's dot fusions and leaves every reduction to XLA.
     import re
 

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgv_jax.generation.decode_jit import CPU_LOOP_OPTIONS, DecodeJit
+from sgv_jax import xla_cpu
 from sgv_jax.generation.sampling import SamplingConfig, choose_token
 from sgv_jax.models import llama, llava
 from sgv_jax.models.config import VLMConfig
@@ -103,7 +103,7 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
             "seen": _mark_seen(seen, token), "key": key}
 
 
-@functools.partial(DecodeJit, cpu_options=CPU_LOOP_OPTIONS, static_argnames=_STATIC,
+@functools.partial(xla_cpu.CpuOptionsJit, xla_cpu.DECODE_LOOP, static_argnames=_STATIC,
                    donate_argnames=("state",))
 def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.Array, *,
                  cfg: VLMConfig, sampling: SamplingConfig, max_new_tokens: int,
@@ -112,6 +112,8 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
     rows are done. `finished` [B] bool marks rows the host stopped (stop strings). `state` is
     donated: the caller must use the returned one."""
     model, layers = model_and_layers(cfg, params)  # outside the loop: see split_layers
+    for layer in layers:  # once per call, outside the loop too
+        layer.fuse_projections()
     lm = model.language_model
     stop_at = jnp.minimum(stop_at, max_new_tokens)
     state = {**state, "done": state["done"] | finished}

@@ -15,7 +15,7 @@ the cache is updated in place, and both reading the decoder's layers from per-la
                 client pays for one row, not for every slot. One program per (rows, block
                 count), all compiled by `warm_up`. The cache keeps each layer's slots in
                 per-block buffers (llama.init_cache), so a step reads the blocks it attends to
-                in place. Compiled by `DecodeJit` (generation/decode_jit.py: on CPU without
+                in place. Compiled with `xla_cpu.FEW_ROW_DOTS` (on CPU without
                 YNNPACK's dot fusions, which are slow for few-row steps).
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgv_jax import xla_cpu
 from sgv_jax.generation import prompts
-from sgv_jax.generation.decode_jit import DecodeJit
 from sgv_jax.generation.generator import Generator
 from sgv_jax.generation.sampling import choose_tokens_per_row
 from sgv_jax.models import llama, llava
@@ -135,7 +135,8 @@ def row_buckets(slots: int) -> list[int]:
     return buckets + [slots] if slots > 1 else buckets
 
 
-@functools.partial(DecodeJit, static_argnames=(*_STATIC, "attend", "rows"),
+@functools.partial(xla_cpu.CpuOptionsJit, xla_cpu.FEW_ROW_DOTS,
+                   static_argnames=(*_STATIC, "attend", "rows"),
                    donate_argnames=("state",))
 def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
                 dtype: str, top_k: int, attend: int, rows: int) -> tuple[SlotState, jax.Array]:

@@ -18,7 +18,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from sgv_jax import sharding
+from sgv_jax import sharding, xla_cpu
 from sgv_jax.data.pipeline import MODEL_KEYS
 from sgv_jax.models import llava
 from sgv_jax.models.config import VLMConfig
@@ -163,7 +163,7 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     step_fn = step_lib.make_train_step(model, optimizer, schedule, compute_dtype, config.remat,
                                        config.freeze_pad_row, no_grad_below, config.seed)
     state_sh, frozen_sh = _shardings(abs_state), _shardings(abs_frozen)
-    options = step_lib.compiler_options(mesh.devices.flat[0].platform)
+    options = xla_cpu.options_for(mesh.devices.flat[0].platform, xla_cpu.LARGE_DOTS)
     train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None),
                          out_shardings=(state_sh, None), donate_argnums=(0,),
                          compiler_options=options)

@@ -23,18 +23,6 @@ from sgv_jax.models.config import VLMConfig
 from sgv_jax.train.optim import merge, zero_padding_row_grad
 
 
-# XLA:CPU hands dot fusions, other dots, elementwise fusions and reductions to YNNPACK by
-# default. Its reductions (the softmax's max and sum) and stand-alone dots made bench_train.py's
-# step 10% slower than XLA's own code for them (5.48 vs 4.94 s a step; YNNPACK off entirely:
-# 5.92 s), so train and eval steps compiled for a CPU give YNNPACK the dot fusions only.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def compiler_options(platform: str) -> dict | None:
-    """`jax.jit(compiler_options=)` for a step compiled for devices of `platform`."""
-    return dict(CPU_COMPILER_OPTIONS) if platform == "cpu" else None
-
-
 def make_train_step(cfg: VLMConfig, optimizer: optax.GradientTransformation, schedule: Callable,
                     compute_dtype, remat: str, freeze_pad_row: bool,
                     no_grad_below: int = 0, seed: int = 0) -> Callable:

@@ -1,0 +1,68 @@
+"""XLA:CPU compile options, one set per kind of program, with the measurements that chose them.
+
+jax 0.10's XLA:CPU hands dots, and by default also reductions and some elementwise work, to
+YNNPACK fusions. What is fastest depends on the program's shapes, so each kind of program
+compiles with its own options (`jax.jit(compiler_options=...)`), and only for CPU devices: they
+are XLA:CPU options, and a backend whose compiler lacks them would reject them by name. All
+figures are from a 2-core Zen 3 (AVX2), in process.
+
+- `LARGE_DOTS`, train and eval steps: YNNPACK for dot fusions only. Its reductions (the
+  softmax's max and sum) and stand-alone dots were slower than XLA's own code: bench_train.py's
+  step 5.48 s by default, 4.85 s with this, 5.92 s with YNNPACK off.
+- `FEW_ROW_DOTS`, decode steps: no YNNPACK fusions. For few-row dots and a decode step's batched
+  per-row attention reads they are slower than XLA's own dots (bench_serve.py's model: a 32-row
+  serving step attending 256 positions 49 -> 35 ms, 8 rows 24 -> 15 ms, 1 row unchanged; the
+  Generator's batch-8 decode 511 -> 583 tok/s, batch 1 unchanged).
+- `DECODE_LOOP`, a decode loop that carries the KV cache (decode.decode_steps): `FEW_ROW_DOTS`
+  and region-analysed copy insertion. Without it XLA:CPU copied every cache block of the loop
+  state before each step's write (with LlamaModel.decode's `read_first`: none; batch 1
+  13.4 -> 11.6 ms a step on bench_generate.py's model). A one-step serving program is slower
+  with it (8 rows 10.5 -> 13.1 ms), so it is the loop's alone.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+
+LARGE_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+FEW_ROW_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNPACK fusions
+DECODE_LOOP = {**FEW_ROW_DOTS, "xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+def options_for(platform: str, cpu_options: dict) -> dict | None:
+    """`jax.jit(compiler_options=)` for a program compiled for devices of `platform`."""
+    return dict(cpu_options) if platform == "cpu" else None
+
+
+class CpuOptionsJit:
+    """`jax.jit(fun, **jit_kwargs)`, with `cpu_options` when the default backend is CPU; a
+    decorator as jax.jit is: `@functools.partial(CpuOptionsJit, FEW_ROW_DOTS, ...)`. The
+    backend is read at the first call, not at import (XLA_FLAGS and the platform may still be
+    set before then)."""
+
+    def __init__(self, cpu_options: dict, fun, **jit_kwargs):
+        functools.update_wrapper(self, fun)
+        self._fun = fun
+        self._cpu_options = cpu_options
+        self._jit_kwargs = jit_kwargs
+        self._jitted: dict[str, jax.stages.Wrapped] = {}  # backend -> jitted fun
+
+    def _for_backend(self):
+        backend = jax.default_backend()
+        if backend not in self._jitted:
+            self._jitted[backend] = jax.jit(
+                self._fun, compiler_options=options_for(backend, self._cpu_options),
+                **self._jit_kwargs)
+        return self._jitted[backend]
+
+    def __call__(self, *args, **kwargs):
+        return self._for_backend()(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._for_backend().lower(*args, **kwargs)
+
+    def _cache_size(self) -> int:
+        """Programs compiled so far (jax's private counter, summed over backends)."""
+        return sum(jitted._cache_size() for jitted in self._jitted.values())
