@@ -168,26 +168,3 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)
 
-
-def test_fused_projections_compute_what_the_separate_ones_do(highest_precision):
-    # The decode loop runs q/k/v and gate/up as one matmul each (fuse_projections); a layer
-    # with adapters keeps its separate linears (their LoRA branches).
-    from sgv_jax.models.config import LoraConfig
-
-    cfg = get_preset("tiny")
-    _, layers = decode.model_and_layers(cfg, llava.init(cfg, jax.random.key(0)))
-    layer = layers[0]
-    x = jax.random.normal(jax.random.key(1), (2, 5, cfg.text.hidden_size))
-    positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
-    mask = jnp.tril(jnp.ones((5, 5), bool))[None].repeat(2, 0)
-    want = layer(x, positions, mask)[0]
-    layer.fuse_projections()
-    assert hasattr(layer.self_attn, "qkv_proj") and not hasattr(layer.self_attn, "q_proj")
-    assert hasattr(layer.mlp, "gate_up_proj") and not hasattr(layer.mlp, "up_proj")
-    np.testing.assert_allclose(layer(x, positions, mask)[0], want, atol=1e-6, rtol=0)
-
-    lora_cfg = cfg.replace(lora=LoraConfig(rank=2, alpha=4.0))
-    _, lora_layers = decode.model_and_layers(lora_cfg, llava.init(lora_cfg, jax.random.key(0)))
-    lora_layers[0].fuse_projections()
-    assert hasattr(lora_layers[0].self_attn, "q_proj")
-    assert not hasattr(lora_layers[0].self_attn, "qkv_proj")

@@ -112,8 +112,6 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
     rows are done. `finished` [B] bool marks rows the host stopped (stop strings). `state` is
     donated: the caller must use the returned one."""
     model, layers = model_and_layers(cfg, params)  # outside the loop: see split_layers
-    for layer in layers:  # once per call, outside the loop too
-        layer.fuse_projections()
     lm = model.language_model
     stop_at = jnp.minimum(stop_at, max_new_tokens)
     state = {**state, "done": state["done"] | finished}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from sgv_jax.models import nn
@@ -140,12 +139,9 @@ class LlamaAttention(nnx.Module):
         def proj(name):
             return nn.apply_linear(getattr(self, name), x, _key_for(dropout_key, name))
 
-        fused = getattr(self, "qkv_proj", None)  # LlamaDecoderLayer.fuse_projections
-        q, k, v = fused(x) if fused is not None else (proj(n) for n in ("q_proj", "k_proj",
-                                                                          "v_proj"))
-        q = q.reshape(b, t, self.num_heads, self.head_dim)
-        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
+        q = proj("q_proj").reshape(b, t, self.num_heads, self.head_dim)
+        k = proj("k_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = proj("v_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
         return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
@@ -171,13 +167,10 @@ class LlamaMLP(nnx.Module):
             return nn.apply_linear(getattr(self, name), h, _key_for(dropout_key, name))
 
         def mlp(h):
-            fused = getattr(self, "gate_up_proj", None)  # LlamaDecoderLayer.fuse_projections
-            gate, up = fused(h) if fused is not None else (proj("gate_proj", h),
-                                                           proj("up_proj", h))
-            return proj("down_proj", jax.nn.silu(gate) * up)
+            return proj("down_proj", jax.nn.silu(proj("gate_proj", h)) * proj("up_proj", h))
 
         b, t, _ = x.shape
-        width = self.down_proj.kernel.shape[0]
+        width = self.gate_proj.kernel.shape[-1]
         too_big = b * t * width * x.dtype.itemsize > MLP_BUDGET_BYTES
         # Tokens are independent in the MLP, so slicing changes no result; adapters' dropout
         # (training with LoRA) draws one mask for the whole sequence, so it runs whole.
@@ -189,19 +182,6 @@ class LlamaMLP(nnx.Module):
         return out.swapaxes(0, 1).reshape(x.shape)
 
 
-class FusedLinear(nnx.Module):
-    """Bias-free linears of one input as one matmul over their kernels side by side; returns
-    each one's output. For a decode loop (LlamaDecoderLayer.fuse_projections)."""
-
-    def __init__(self, parts: list[nnx.Linear]):
-        self.kernel = nnx.Param(jnp.concatenate([p.kernel[...] for p in parts], axis=1))
-        self.widths = tuple(p.kernel.shape[1] for p in parts)
-
-    def __call__(self, x: jax.Array) -> list[jax.Array]:
-        y = x @ self.kernel[...]
-        return jnp.split(y, np.cumsum(self.widths)[:-1].tolist(), axis=-1)
-
-
 class LlamaDecoderLayer(nnx.Module):
     """One pre-norm block."""
 
@@ -210,20 +190,6 @@ class LlamaDecoderLayer(nnx.Module):
         self.mlp = LlamaMLP(cfg, rngs, lora)
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
-
-    def fuse_projections(self) -> None:
-        """q/k/v and gate/up each become one matmul over their kernels side by side (a copy of
-        them). For a decode loop that reads every weight once per token: one gemv reads a wide
-        kernel faster than three narrow ones, and a step runs fewer ops. Call it on the layers
-        a loop uses (`split_layers`'s), outside the loop. Layers with adapters or biases are
-        left as they are."""
-        a, m = self.self_attn, self.mlp
-        parts = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)
-        if any(isinstance(p, nn.LoRALinear) or p.bias is not None for p in parts):
-            return
-        a.qkv_proj = FusedLinear([a.q_proj, a.k_proj, a.v_proj])
-        m.gate_up_proj = FusedLinear([m.gate_proj, m.up_proj])
-        del a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
