@@ -167,4 +167,3 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     shape = "f32[{}]".format(",".join(map(str, block.shape)))
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)
-

@@ -69,10 +69,10 @@ def _causal_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) ->
     """Query block i against keys [0, (i + 1) * QUERY_BLOCK) only: the skipped score blocks
     are masked anyway, and their matmuls and softmax were 3/8 of the attention work at 512
     tokens (half of it at long lengths). The blocks differ in width, so they are unrolled."""
+    block = jax.checkpoint(_attention)
     outs = []
     for start in range(0, q.shape[1], QUERY_BLOCK):
         end = start + QUERY_BLOCK
-        block = jax.checkpoint(_attention)
         outs.append(block(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
     return jnp.concatenate(outs, axis=1)
 
