@@ -15,7 +15,7 @@ figures are from a 2-core Zen 3 (AVX2), in process.
   Generator's batch-8 decode 511 -> 583 tok/s, batch 1 unchanged).
 - `DECODE_LOOP`, a decode loop that carries the KV cache (decode.decode_steps): `FEW_ROW_DOTS`
   and region-analysed copy insertion. Without it XLA:CPU copied every cache block of the loop
-  state before each step's write (with LlamaModel.decode's `read_first`: none; batch 1
+  state before each step's write (with LlamaModel.decode's READ_FIRST: none; batch 1
   13.4 -> 11.6 ms a step on bench_generate.py's model). A one-step serving program is slower
   with it (8 rows 10.5 -> 13.1 ms), so it is the loop's alone.
 """

@@ -149,7 +149,7 @@ def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same
 
 @pytest.mark.parametrize("rows", [1, 2])
 def test_the_decode_loop_writes_its_cache_in_place(rows):
-    # Each step reads the cache blocks before writing its key (LlamaModel.decode read_first) and
+    # Each step reads the cache blocks before writing its key (LlamaModel.decode's READ_FIRST) and
     # CPU copy insertion is region-analysed (xla_cpu.DECODE_LOOP): no block of the loop-carried cache
     # is copied. Before, every step copied each block up to four times (a quarter of a batch-1
     # step in bench_generate.py).

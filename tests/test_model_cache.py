@@ -94,6 +94,57 @@ def test_rows_write_at_their_own_cache_slots(highest_precision, attend):
     assert sum(block.shape[2] for block in cache["k"][0]) == 8
 
 
+def test_a_prefill_reading_its_own_keys_equals_one_reading_the_cache(highest_precision):
+    """READ_INPUTS (a prefill into an empty cache: causal attention over the inputs, blocked
+    by layers.QUERY_BLOCK with a shorter last block) gives the hidden states and the cache
+    that READ_WRITTEN (attention over the cache after the write) gives, left padding
+    included, over a prompt longer than one query block and not a multiple of it."""
+    from sgv_jax.models import layers as attention_layers
+
+    lm = language_model(6)
+    t = attention_layers.QUERY_BLOCK + 12
+    ids = jnp.asarray(np.random.default_rng(1).integers(1, lm.cfg.vocab_size, (2, t)), jnp.int32)
+    mask = jnp.ones_like(ids).at[1, :7].set(0)  # row 1 left-padded
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    embeds = lm.embed(ids, jnp.float32)
+
+    def prefill(read):
+        cache = llama.init_cache(lm.cfg, batch=2, max_len=t + 4, dtype=jnp.float32)
+        return lm.decode(embeds, positions, mask, cache, layers=lm.split_layers(), read=read)
+
+    (want, want_cache), (got, got_cache) = (prefill(r) for r in (llama.READ_WRITTEN,
+                                                                 llama.READ_INPUTS))
+    real = np.asarray(mask, bool)
+    np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=2e-5, rtol=0)
+    for name in ("k", "v"):
+        for layer_got, layer_want in zip(got_cache[name], want_cache[name]):
+            def slots(blocks):  # the real tokens' slots, [tokens, K, H]
+                return np.asarray(blocks[0])[:, :, :t].transpose(0, 2, 1, 3)[real]
+
+            np.testing.assert_allclose(slots(layer_got), slots(layer_want), atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(got_cache["mask"], want_cache["mask"])
+    with pytest.raises(ValueError, match="read='after'"):
+        lm.decode(embeds, positions, mask, read="after")
+
+
+def test_rope_tables_are_evaluated_once_per_forward():
+    """cos and sin are computed once and read by every layer's q and k (llama.rope_tables):
+    fused into each consumer, XLA:CPU evaluated them per element of every q and k and again
+    in every causal block's key transpose (one cosine per consumer in the compiled prefill)."""
+    lm = language_model(7)
+    ids = jnp.ones((1, 40), jnp.int32)
+
+    def prefill(embeds, positions):
+        cache = llama.init_cache(lm.cfg, batch=1, max_len=48, dtype=jnp.float32)
+        return lm.decode(embeds, positions, jnp.ones_like(ids), cache, layers=lm.split_layers(),
+                         read=llama.READ_INPUTS)[0]
+
+    text = jax.jit(prefill).lower(lm.embed(ids, jnp.float32),
+                                  llava.default_positions(ids)).compile().as_text()
+    assert lm.cfg.num_layers > 1
+    assert text.count(" cosine(") == 1 and text.count(" sine(") == 1
+
+
 def test_writes_across_cache_blocks_land_at_their_slots(highest_precision):
     """Three tokens written from slot 3 into blocks of 2 (slots 3 | 4 5) and one row written
     from slot 0: the blocks, laid end to end, equal the one-block cache's contents (the first

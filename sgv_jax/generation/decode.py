@@ -91,7 +91,8 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
     embeds = model.embed_inputs(batch, dtype)  # [B, L, D]
     cache = _constrain_cache(llama.init_cache(cfg.text, b, length + max_new_tokens, dtype))
     positions = prompt_positions(mask)
-    hidden, cache = lm.decode(embeds, positions, mask, cache, layers=layers)
+    hidden, cache = lm.decode(embeds, positions, mask, cache, layers=layers,
+                              read=llama.READ_INPUTS)
     # Left padding puts every row's last prompt token in the last column; only it is scored.
     logits = lm.logits(hidden[:, -1:])[:, 0]  # [B, V]
     seen = prompt_token_mask(ids, mask, cfg) if sampling.uses_penalty else None
@@ -123,7 +124,7 @@ def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.A
         last = jax.lax.dynamic_index_in_dim(s["tokens"], s["step"] - 1, axis=1)  # [B, 1]
         embeds = lm.embed(last, dtype)
         hidden, cache = lm.decode(embeds, s["position"][:, None], jnp.ones_like(last), s["cache"],
-                                  layers=layers, read_first=True)
+                                  layers=layers, read=llama.READ_FIRST)
         logits = lm.logits(hidden)[:, 0]
         key, sub = jax.random.split(s["key"])
         token = choose_token(logits, s["seen"], sampling, sub)

@@ -49,10 +49,12 @@ def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[
     if uses_fused_attention(q, k):
         return fused_attention(q, k, v, mask, "cudnn")
     b, t, n, h = q.shape
-    if t <= QUERY_BLOCK or t % QUERY_BLOCK:
+    if t <= QUERY_BLOCK:
         return _attention(q, k, v, mask)
     if causal:
         return _causal_blocks(q, k, v, mask)
+    if t % QUERY_BLOCK:
+        return _attention(q, k, v, mask)
     blocks = t // QUERY_BLOCK
     qs = q.reshape(b, blocks, QUERY_BLOCK, n, h).swapaxes(0, 1)
     if mask is None:
@@ -68,7 +70,8 @@ def attention(q: jax.Array, k: jax.Array | list[jax.Array], v: jax.Array | list[
 def _causal_blocks(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
     """Query block i against keys [0, (i + 1) * QUERY_BLOCK) only: the skipped score blocks
     are masked anyway, and their matmuls and softmax were 3/8 of the attention work at 512
-    tokens (half of it at long lengths). The blocks differ in width, so they are unrolled."""
+    tokens (half of it at long lengths). The blocks differ in width, so they are unrolled; the
+    last one is shorter when T is not a multiple of the block (a prefill's prompt)."""
     block = jax.checkpoint(_attention)
     outs = []
     for start in range(0, q.shape[1], QUERY_BLOCK):

@@ -26,6 +26,12 @@ MLP_CHUNK = 512
 MLP_BUDGET_BYTES = 256 << 20
 KV_ACT = ("act_batch", None, "act_seq", None)  # one cache block [B, K, S, H]
 
+# What attention reads in a call with a KV cache (`LlamaModel.decode(read=)`):
+READ_WRITTEN = "written"  # the cache's blocks after this call's write (a serving step)
+READ_FIRST = "first"  # the blocks as they were, then the new keys themselves (a decode loop)
+READ_INPUTS = "inputs"  # the new keys alone, causally: a prefill into an empty cache
+READ_MODES = (READ_WRITTEN, READ_FIRST, READ_INPUTS)
+
 
 def _lora_for(lora: LoraConfig | None, name: str) -> LoraConfig | None:
     return lora if lora is not None and name in lora.targets else None
@@ -36,13 +42,30 @@ def _key_for(dropout_key: jax.Array | None, name: str) -> jax.Array | None:
     return None if dropout_key is None else jax.random.fold_in(dropout_key, LORA_TARGETS.index(name))
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE. x [B, T, N, H], positions [B, T]."""
-    h = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+def rope_tables(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """RoPE's cos and sin [B, T, 1, H] in fp32 for positions [B, T] (HF's rotary_emb),
+    computed once per forward and shared by every layer's q and k, as HF does.
+
+    XLA:CPU fuses an elementwise producer into each of its consumers, so cos and sin were
+    evaluated again for every element of every layer's q and k ([B, T, N, H]: once per head)
+    and of each causal block's key transpose. The tables leave through an exact identity
+    matmul, which XLA does not fuse into consumers (it drops optimization barriers before
+    fusion): a 609-token prefill of bench_generate.py's 10-layer decoder 474-512 -> 422-430
+    ms. Inside a scanned stack they are loop invariants anyway."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    identity = jnp.eye(head_dim, dtype=jnp.float32)  # x·1 + 0s: exact in fp32
+
+    def materialised(table):
+        return jnp.einsum("btnh,hg->btng", table, identity, precision=jax.lax.Precision.HIGHEST)
+
+    return materialised(jnp.cos(angles)), materialised(jnp.sin(angles))
+
+
+def rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotate-half RoPE. x [B, T, N, H], tables `rope_tables` (cast to x's dtype, as HF)."""
+    cos, sin = (t.astype(x.dtype) for t in tables)
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
@@ -130,10 +153,10 @@ class LlamaAttention(nnx.Module):
         self.v_proj = make(d, kv_dim, ("embed", "kv_heads"), False, rngs, _lora_for(lora, "v_proj"))
         self.o_proj = make(q_dim, d, ("heads", "embed"), False, rngs, _lora_for(lora, "o_proj"))
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, h
-        self.rope_theta = cfg.rope_theta
 
-    def project(self, x: jax.Array, positions: jax.Array, dropout_key: jax.Array | None = None):
-        """q [B, T, N, H], k/v [B, T, K, H] with RoPE applied to q and k."""
+    def project(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array],
+                dropout_key: jax.Array | None = None):
+        """q [B, T, N, H], k/v [B, T, K, H] with RoPE (`rope_tables`) applied to q and k."""
         b, t, _ = x.shape
 
         def proj(name):
@@ -142,7 +165,7 @@ class LlamaAttention(nnx.Module):
         q = proj("q_proj").reshape(b, t, self.num_heads, self.head_dim)
         k = proj("k_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
         v = proj("v_proj").reshape(b, t, self.num_kv_heads, self.head_dim)
-        return rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta), v
+        return rope(q, rotary), rope(k, rotary), v
 
     def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
                dropout_key: jax.Array | None = None) -> jax.Array:
@@ -191,28 +214,30 @@ class LlamaDecoderLayer(nnx.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array,
+    def __call__(self, x: jax.Array, rotary: tuple[jax.Array, jax.Array], mask: jax.Array,
                  cache: tuple | None = None, dropout_key: jax.Array | None = None):
         """cache: None, or (this layer's key blocks, value blocks, write index, attend,
-        read_first): the new keys/values are written into the blocks, which are returned;
-        attention reads the first `attend` slots (static, a whole number of blocks; None: all)
-        after the write, or with `read_first` (see `LlamaModel.decode`) as they were before
-        it and then the new keys themselves. `dropout_key`: this layer's key for the adapters'
-        dropout (training only)."""
-        q, k, v = self.self_attn.project(self.input_layernorm(x), positions, dropout_key)
+        read): the new keys/values are written into the blocks, which are returned; attention
+        reads the first `attend` slots (static, a whole number of blocks; None: all) after
+        the write, or as `read` says (see `LlamaModel.decode`). `rotary`: the inputs'
+        `rope_tables`. `dropout_key`: this layer's key for the adapters' dropout (training
+        only)."""
+        q, k, v = self.self_attn.project(self.input_layernorm(x), rotary, dropout_key)
         if cache is not None:
-            ks, vs, index, attend, read_first = cache
-            read = len(ks) if attend is None else attend // ks[0].shape[2]
-            old_k, old_v = ks[:read], vs[:read]
-            ks = _write_kv(ks[:read], k, index) + ks[read:]
-            vs = _write_kv(vs[:read], v, index) + vs[read:]
-            if read_first:
+            ks, vs, index, attend, read = cache
+            used = len(ks) if attend is None else attend // ks[0].shape[2]
+            old_k, old_v = ks[:used], vs[:used]
+            ks = _write_kv(ks[:used], k, index) + ks[used:]
+            vs = _write_kv(vs[:used], v, index) + vs[used:]
+            if read == READ_FIRST:
                 # The new keys as the cache holds them (its dtype), heads-major as its blocks.
                 k = old_k + [k.astype(ks[0].dtype).transpose(0, 2, 1, 3)]
                 v = old_v + [v.astype(vs[0].dtype).transpose(0, 2, 1, 3)]
+            elif read == READ_INPUTS:  # as the cache holds them, sequence-major as computed
+                k, v = k.astype(ks[0].dtype), v.astype(vs[0].dtype)
             else:
-                k, v = ks[:read], vs[:read]  # lists of [B, K, S', H] blocks, read in place
-            if k[0].shape[0] > x.shape[0]:  # the inputs are the cache's first rows
+                k, v = ks[:used], vs[:used]  # lists of [B, K, S', H] blocks, read in place
+            if isinstance(k, list) and k[0].shape[0] > x.shape[0]:  # inputs: the first rows
                 k, v = ([blk[:x.shape[0]] for blk in blocks] for blocks in (k, v))
             cache = (ks, vs)
         x = constrain(x + self.self_attn.attend(q, k, v, mask, dropout_key), ACT)
@@ -237,7 +262,7 @@ class LlamaModel(nnx.Module):
     def decode(self, embeds: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                cache: dict | None = None, remat: str = "none",
                dropout_key: jax.Array | None = None, attend: int | None = None,
-               layers: list[LlamaDecoderLayer] | None = None, read_first: bool = False):
+               layers: list[LlamaDecoderLayer] | None = None, read: str = READ_WRITTEN):
         """Run the decoder stack on input embeddings.
 
         embeds [B, T, D]; positions [B, T] (RoPE positions); attention_mask [B, T] (1 = real
@@ -252,34 +277,42 @@ class LlamaModel(nnx.Module):
         A per-slot cache may hold more rows than the B inputs, which are then its first B
         rows (a serving step over the running slots only): they are written in place and only
         they are read, the other rows are left as they are.
-        `read_first` (with a cache): attention reads the cache's blocks as they were before
-        this call's write, plus the new keys themselves, so that nothing reads a block after
-        its write. For a loop that carries the cache (`decode_steps`): a block read after its
-        write made XLA:CPU copy every block of the loop state on every step (20 copies a step
-        for bench_generate.py's 10 layers; none with this and region-analysed copy insertion,
-        xla_cpu.py: batch 1 13.4 -> 11.6 ms a step). A serving step (one call per step, the
-        cache donated) is slower with it (8 rows 10.5 -> 22 ms), and so is a prefill, which
-        would attend to the fresh cache's empty slots and its own keys twice over.
+        `read` (with a cache) is what attention reads:
+        - READ_WRITTEN: the cache's blocks after this call's write. A serving step (one call
+          per step, the cache donated).
+        - READ_FIRST: the blocks as they were before this call's write, plus the new keys
+          themselves, so that nothing reads a block after its write. For a loop that carries
+          the cache (`decode_steps`): a block read after its write made XLA:CPU copy every
+          block of the loop state on every step (20 copies a step for bench_generate.py's 10
+          layers; none with this and region-analysed copy insertion, xla_cpu.py: batch 1
+          13.4 -> 11.6 ms a step). A serving step is slower with it (8 rows 10.5 -> 22 ms).
+        - READ_INPUTS: the new keys alone, causally, as without a cache: a prefill, whose
+          cache holds nothing before it (the caller's promise; index 0). Query blocks then
+          skip the key blocks after them (layers.attention's `causal`) and the fresh cache's
+          empty slots are not read at all.
         `dropout_key` (training, no cache) drives the adapters' dropout, one key per layer.
         Returns (final-normed hidden [B, T, D], new cache or None).
         """
         b, t, _ = embeds.shape
         valid = attention_mask.astype(jnp.bool_)
+        if read not in READ_MODES:
+            raise ValueError(f"read={read!r}: use one of {READ_MODES}")
         if cache is not None and attend is not None and attend % cache_block_size(cache):
             raise ValueError(f"attend={attend} must be a whole number of cache blocks "
                              f"({cache_block_size(cache)} slots each)")
-        if cache is None:
+        if cache is not None:
+            index = cache["index"] if cache["index"].ndim == 0 else cache["index"][:b]
+            cache_mask = _write_rows(cache["mask"], valid, index)
+        if cache is None or read == READ_INPUTS:  # the inputs' own keys
             query_slot = jnp.broadcast_to(jnp.arange(t), (b, t))
             key_mask, key_slot = valid, jnp.arange(t)
         else:
-            index = cache["index"] if cache["index"].ndim == 0 else cache["index"][:b]
-            cache_mask = _write_rows(cache["mask"], valid, index)
             key_mask = cache_mask[:b]
             query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
             key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
         mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :attend]
-        if cache is not None and read_first:
+        if cache is not None and read == READ_FIRST:
             # The blocks as they were, then the T new keys: the slots being written are masked
             # out of the blocks and seen through the new keys instead (causally, real ones).
             writing = ((key_slot[None, :] >= query_slot[:, :1])
@@ -287,10 +320,11 @@ class LlamaModel(nnx.Module):
             own = jnp.tril(jnp.ones((t, t), jnp.bool_))[None] & valid[:, None, :]  # [B, T, T]
             mask = jnp.concatenate([mask & ~writing[:, None, :], own], axis=-1)
 
+        rotary = rope_tables(positions, self.cfg.resolved_head_dim, self.cfg.rope_theta)
         x = constrain(embeds, ACT)
         if cache is None:
             def block(layer, x, key):
-                return layer(x, positions, mask, dropout_key=key)[0], None
+                return layer(x, rotary, mask, dropout_key=key)[0], None
 
             keys = (None if dropout_key is None
                     else jax.random.split(dropout_key, self.cfg.num_layers))
@@ -300,9 +334,9 @@ class LlamaModel(nnx.Module):
             layers = self.split_layers() if layers is None else layers
             ks, vs = [], []
             for i, layer in enumerate(layers):
-                x, (k, v) = layer(x, positions, mask, (constrain_blocks(cache["k"][i]),
+                x, (k, v) = layer(x, rotary, mask, (constrain_blocks(cache["k"][i]),
                                                        constrain_blocks(cache["v"][i]),
-                                                       index, attend, read_first))
+                                                       index, attend, read))
                 ks.append(k)
                 vs.append(v)
             new_index = (index + t if index.ndim == 0

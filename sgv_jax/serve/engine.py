@@ -98,7 +98,8 @@ def prefill_slot(params: dict, state: SlotState, slot: jax.Array, ids: jax.Array
     # Right padding: real tokens take positions 0..n-1 and slots 0..n-1, so decoding goes on
     # at slot n (the pads after it are masked and overwritten as the answer grows).
     row = llama.init_cache(text, 1, bucket, dtype)
-    hidden, row = lm.decode(embeds, llava.default_positions(ids), valid, row, layers=layers)
+    hidden, row = lm.decode(embeds, llava.default_positions(ids), valid, row, layers=layers,
+                            read=llama.READ_INPUTS)
     logits = lm.logits(jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, 1))
     seed = seed.astype(jnp.uint32)
     token = choose_tokens_per_row(logits[:, 0], temperature[None], top_p[None],
