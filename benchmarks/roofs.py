@@ -108,9 +108,9 @@ def stream_read_gbs(nbytes: int = 512 << 20, dtype: str = "float32") -> Roof:
         shape = (1, rows) if vector_first else (cols,)
         jx, tx = jnp.ones(shape, dtype), torch.ones(shape, dtype=_torch_dtype(dtype))
         jargs, targs = ((jx, jw), (tx, tw)) if vector_first else ((jw, jx), (tw, tx))
-        xla = min(xla, _best_seconds(lambda: gemv(*jargs).block_until_ready()))
+        xla = min(xla, _best_seconds(lambda a=jargs: gemv(*a).block_until_ready()))
         with torch.inference_mode():
-            tt = min(tt, _best_seconds(lambda: targs[0] @ targs[1]))
+            tt = min(tt, _best_seconds(lambda a=targs: a[0] @ a[1]))
     size = rows * cols * itemsize
     return Roof(f"streamed read {dtype} ({size / 2**20:.0f} MiB gemv, the faster orientation)",
                 "GB/s", size / xla / 1e9, size / tt / 1e9)
