@@ -115,12 +115,13 @@ def test_a_prefill_reading_its_own_keys_equals_one_reading_the_cache(highest_pre
     (want, want_cache), (got, got_cache) = (prefill(r) for r in (llama.READ_WRITTEN,
                                                                  llama.READ_INPUTS))
     real = np.asarray(mask, bool)
+
+    def slots(blocks):  # the real tokens' slots of one layer, [tokens, K, H]
+        return np.asarray(blocks[0])[:, :, :t].transpose(0, 2, 1, 3)[real]
+
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=2e-5, rtol=0)
     for name in ("k", "v"):
         for layer_got, layer_want in zip(got_cache[name], want_cache[name]):
-            def slots(blocks):  # the real tokens' slots, [tokens, K, H]
-                return np.asarray(blocks[0])[:, :, :t].transpose(0, 2, 1, 3)[real]
-
             np.testing.assert_allclose(slots(layer_got), slots(layer_want), atol=2e-5, rtol=0)
     np.testing.assert_array_equal(got_cache["mask"], want_cache["mask"])
     with pytest.raises(ValueError, match="read='after'"):

@@ -311,7 +311,8 @@ class LlamaModel(nnx.Module):
             query_slot = jnp.reshape(index, (-1, 1)) + jnp.arange(t)  # [B or 1, T]
             key_slot = jnp.arange(key_mask.shape[1])[:attend]
         # [B, T, S]: causal by slot, and only keys that hold real tokens.
-        mask = (key_slot[None, None, :] <= query_slot[:, :, None]) & key_mask[:, None, :attend]
+        mask = ((key_slot[None, None, :] <= query_slot[:, :, None])
+                & key_mask[:, None, :key_slot.shape[0]])
         if cache is not None and read == READ_FIRST:
             # The blocks as they were, then the T new keys: the slots being written are masked
             # out of the blocks and seen through the new keys instead (causally, real ones).
