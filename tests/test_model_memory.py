@@ -1,4 +1,5 @@
-"""The memory-saving paths (query-blocked attention, chunked loss) compute the same numbers."""
+"""The memory- and time-saving paths (query-blocked attention, the sliced loss) compute the same
+numbers."""
 
 import jax
 import jax.numpy as jnp
@@ -89,21 +90,67 @@ def test_chunked_loss_and_gradient_equal_unchunked(highest_precision):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_the_loss_runs_whole_below_its_budget_and_in_chunks_above(monkeypatch):
-    # Chunks recompute their logits in the backward pass, so they are only worth it when the
-    # whole batch's logits would be big (LOSS_BUDGET_BYTES); the chunked numbers are checked
-    # above, this checks which path runs.
+def test_loss_slices_are_rematerialised_only_above_the_budget(monkeypatch):
+    # Rematerialised slices recompute their logits in the backward pass, so that is only worth
+    # it when the whole batch's logits would be big (LOSS_BUDGET_BYTES); the numbers are
+    # checked above and below, this checks which path runs.
     cfg = get_preset("tiny_even")
     params = llava.init(cfg, jax.random.key(0))
     batch = demo_batch(cfg, batch=2, text=16)  # 32 tokens
 
-    def scans(p):
-        return str(jax.make_jaxpr(lambda p: llava.loss_terms(p, cfg, batch))(p)).count("scan[")
+    def remats(p):
+        return str(jax.make_jaxpr(lambda p: llava.loss_terms(p, cfg, batch))(p)).count("remat")
 
     monkeypatch.setattr(llava, "LOSS_CHUNK", 8)
-    whole = scans(params)
+    below = remats(params)
     monkeypatch.setattr(llava, "LOSS_BUDGET_BYTES", 2 * 32 * cfg.text.vocab_size * 4 - 1)
-    assert scans(params) == whole + 1
+    assert remats(params) == below + 1
+
+
+def test_loss_slices_without_a_label_are_skipped_and_change_nothing(highest_precision,
+                                                                    monkeypatch):
+    # Both rows hold an image (16 tokens after BOS) and 8 unlabelled tokens at the end, so of
+    # four 8-position slices only the third has a counted target in some row: the vocabulary
+    # projection must run once, and the loss and every gradient stay those of whole logits.
+    cfg = get_preset("tiny_even")
+    params = llava.init(cfg, jax.random.key(0))
+    batch = demo_batch(cfg, batch=2, text=16)  # 32 tokens
+    n = cfg.num_image_tokens
+    batch["input_ids"][:, 1:1 + n] = cfg.image_token_id
+    batch["pixel_values"][:] = np.random.default_rng(1).standard_normal(
+        batch["pixel_values"].shape)
+    batch["attention_mask"][:] = 1
+    batch["labels"] = np.where(batch["input_ids"] == cfg.image_token_id, -100,
+                               batch["input_ids"])
+    batch["labels"][:, -8:] = -100
+
+    def via_logits(p):
+        logits, _ = llava.forward(p, cfg, batch)
+        return llava.token_losses(logits, batch["labels"])
+
+    def sliced(p):
+        return llava.loss_terms(p, cfg, batch, chunk=8)
+
+    runs = []
+    real = llava._chunk_losses
+
+    def counting(lm, hidden, targets):
+        jax.debug.callback(lambda: runs.append(1))
+        return real(lm, hidden, targets)
+
+    monkeypatch.setattr(llava, "_chunk_losses", counting)
+    got, got_n = jax.jit(sliced)(params)
+    jax.effects_barrier()
+    assert len(runs) == 1
+    monkeypatch.setattr(llava, "_chunk_losses", real)
+
+    want, want_n = via_logits(params)
+    assert int(got_n) == int(want_n) == 2 * 7  # positions 16..22 predict labels 17..23
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    g1 = jax.grad(lambda p: via_logits(p)[0])(params)
+    g2 = jax.grad(lambda p: sliced(p)[0])(params)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_sliced_mlp_loss_and_gradient_equal_whole(highest_precision, monkeypatch):
