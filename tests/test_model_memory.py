@@ -1,11 +1,13 @@
 """The memory- and time-saving paths (query-blocked attention, the sliced loss) compute the same
 numbers."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgv_jax.models import get_preset, layers, llava
+from sgv_jax.models import cross_entropy, get_preset, layers, llava
 from tests.test_model_sharded import demo_batch
 
 
@@ -90,21 +92,18 @@ def test_chunked_loss_and_gradient_equal_unchunked(highest_precision):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_loss_slices_are_rematerialised_only_above_the_budget(monkeypatch):
-    # Rematerialised slices recompute their logits in the backward pass, so that is only worth
-    # it when the whole batch's logits would be big (LOSS_BUDGET_BYTES); the numbers are
-    # checked above and below, this checks which path runs.
+def test_the_loss_gradient_never_holds_the_whole_batch_logits():
+    # Each slice's gradients are formed with its logits, so the compiled gradient holds one
+    # slice's [B, chunk, V] logits at a time: no [B, L, V] buffer, nor a stack of slices.
     cfg = get_preset("tiny_even")
     params = llava.init(cfg, jax.random.key(0))
-    batch = demo_batch(cfg, batch=2, text=16)  # 32 tokens
-
-    def remats(p):
-        return str(jax.make_jaxpr(lambda p: llava.loss_terms(p, cfg, batch))(p)).count("remat")
-
-    monkeypatch.setattr(llava, "LOSS_CHUNK", 8)
-    below = remats(params)
-    monkeypatch.setattr(llava, "LOSS_BUDGET_BYTES", 2 * 32 * cfg.text.vocab_size * 4 - 1)
-    assert remats(params) == below + 1
+    batch = demo_batch(cfg, batch=2, text=16)  # 32 tokens, slices of 8
+    grad = jax.jit(jax.grad(lambda p: llava.loss_terms(p, cfg, batch, chunk=8)[0]))
+    hlo = grad.lower(params).compile().as_text()
+    vocab = cfg.text.vocab_size
+    logit_like = re.findall(rf"f32\[(\d+(?:,\d+)+),{vocab}\]", hlo)  # [..., V], rank >= 3
+    sizes = {int(np.prod([int(d) for d in dims.split(",")])) for dims in logit_like}
+    assert sizes and max(sizes) == 2 * 8, sorted(sizes)
 
 
 def test_loss_slices_without_a_label_are_skipped_and_change_nothing(highest_precision,
@@ -132,17 +131,20 @@ def test_loss_slices_without_a_label_are_skipped_and_change_nothing(highest_prec
         return llava.loss_terms(p, cfg, batch, chunk=8)
 
     runs = []
-    real = llava._chunk_losses
+    real = cross_entropy._slice_loss
 
-    def counting(lm, hidden, targets):
+    def counting(logits, targets):
         jax.debug.callback(lambda: runs.append(1))
-        return real(lm, hidden, targets)
+        return real(logits, targets)
 
-    monkeypatch.setattr(llava, "_chunk_losses", counting)
+    monkeypatch.setattr(cross_entropy, "_slice_loss", counting)
     got, got_n = jax.jit(sliced)(params)
     jax.effects_barrier()
     assert len(runs) == 1
-    monkeypatch.setattr(llava, "_chunk_losses", real)
+    jax.jit(jax.grad(lambda p: sliced(p)[0]))(params)
+    jax.effects_barrier()
+    assert len(runs) == 2  # the gradient's pass, too, projects the one labelled slice only
+    monkeypatch.setattr(cross_entropy, "_slice_loss", real)
 
     want, want_n = via_logits(params)
     assert int(got_n) == int(want_n) == 2 * 7  # positions 16..22 predict labels 17..23

@@ -360,11 +360,15 @@ class LlamaModel(nnx.Module):
         graphdef, _ = nnx.split(self.layers)
         return [nnx.merge(graphdef, p) for p in layer_params]
 
+    def head_weight(self, dtype) -> jax.Array:
+        """The vocabulary projection [D, V] in `dtype` (the embedding table's transpose when
+        tied)."""
+        if self.cfg.tie_word_embeddings:
+            return self.embed_tokens.embedding[...].astype(dtype).T
+        return self.lm_head.kernel[...].astype(dtype)
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] → fp32 logits [B, T, V]."""
-        if self.cfg.tie_word_embeddings:
-            w = self.embed_tokens.embedding[...].astype(hidden.dtype).T
-        else:
-            w = self.lm_head.kernel[...].astype(hidden.dtype)
+        w = self.head_weight(hidden.dtype)
         out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
         return constrain(out, ("act_batch", "act_seq", "act_vocab"))

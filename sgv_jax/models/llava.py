@@ -32,6 +32,7 @@ from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from sgv_jax.models import nn
 from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
+from sgv_jax.models.cross_entropy import sliced_cross_entropy
 from sgv_jax.models.llama import LlamaModel, unstack_layers
 from sgv_jax.models.nn import REMAT_POLICIES, check_remat
 from sgv_jax.models.projector import Projector
@@ -39,15 +40,9 @@ from sgv_jax.sharding import check_whole_heads, tree_shardings
 
 __all__ = ["REMAT_POLICIES", "LlavaModel", "build_model", "check_remat"]
 
-# Positions of the vocabulary projection computed at once by the loss (see
-# `LlavaModel.loss_terms`): a slice whose targets are all ignored is skipped. On bench_train.py's
-# step (256 image tokens in 512) that halves the lm_head's work: 5.92 -> 4.88 s median, the same
-# loss and update to the bit; with every position labelled the slices cost what the whole does.
+# Positions of the vocabulary projection the loss computes at once (`cross_entropy.sliced_cross_entropy`):
+# a slice whose targets are all ignored is skipped.
 LOSS_CHUNK = 256
-# Above this many bytes of whole-batch fp32 logits (ShareGPT4V-7B's 16 x 2048 x 32000: 4.2 GB)
-# each slice is rematerialised in the backward pass. Below it that would only cost time (the
-# recomputed logits were 28% of bench_train.py's head + loss time).
-LOSS_BUDGET_BYTES = 256 << 20
 
 
 def image_positions(input_ids: jax.Array, cfg: VLMConfig) -> jax.Array:
@@ -127,54 +122,20 @@ class LlavaModel(nnx.Module):
     def loss_terms(self, batch: dict, dtype=jnp.float32, remat: str = "none",
                    no_grad_below: int = 0, chunk: int | None = None,
                    dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """(sum of shifted token losses, counted tokens). The vocabulary projection and the
-        cross-entropy run over `chunk`-position slices of the batch (default LOSS_CHUNK), and
-        a slice with no counted target in any row is skipped: an image's tokens, a prompt and
-        the padding carry no label, and their logits would only be thrown away. Above
-        LOSS_BUDGET_BYTES of whole-batch logits each slice is also rematerialised in the
-        backward pass, so [B, L, V] logits never exist at once. A sequence that `chunk` does
-        not divide (or does not exceed) runs whole."""
+        """(sum of shifted token losses, counted tokens), by `cross_entropy.sliced_cross_entropy`:
+        `chunk`-position slices (default LOSS_CHUNK; the whole sequence when it does not divide
+        the length), skipped when no row has a label there, and never holding [B, L, V]
+        logits."""
         hidden = self.hidden_states(batch, dtype, remat, no_grad_below, dropout_key=dropout_key)
         # Shift once: position t predicts labels[t+1]; the last position predicts nothing.
         labels = batch["labels"]
         targets = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], 1)
-        b, length, d = hidden.shape
+        length = hidden.shape[1]
         chunk = chunk or LOSS_CHUNK
-        if length <= chunk or length % chunk:
-            return self._chunk_losses(hidden, targets)
-        lm_graph, lm_state = nnx.split(self.language_model)
-
-        def losses(h, t):
-            return _chunk_losses(nnx.merge(lm_graph, lm_state), h, t)
-
-        def nothing(h, t):
-            return jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
-
-        logit_bytes = b * length * self.language_model.cfg.vocab_size * 4  # fp32
-        if logit_bytes > LOSS_BUDGET_BYTES:
-            losses = jax.checkpoint(losses)
-
-        def one(carry, xs):
-            h, t = xs
-            total, count = jax.lax.cond(jnp.any(t != IGNORE_INDEX), losses, nothing, h, t)
-            return (carry[0] + total, carry[1] + count), None
-
-        hs = hidden.reshape(b, length // chunk, chunk, d).swapaxes(0, 1)
-        ts = targets.reshape(b, length // chunk, chunk).swapaxes(0, 1)
-        init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
-        (total, count), _ = jax.lax.scan(one, init, (hs, ts))
-        return total, count
-
-    def _chunk_losses(self, hidden: jax.Array, targets: jax.Array):
-        return _chunk_losses(self.language_model, hidden, targets)
-
-
-def _chunk_losses(lm: LlamaModel, hidden: jax.Array, targets: jax.Array):
-    logits = lm.logits(hidden)
-    counted = targets != IGNORE_INDEX
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, jnp.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
-    return jnp.where(counted, logz - picked, 0.0).sum(), counted.sum()
+        if length % chunk:
+            chunk = length
+        weight = self.language_model.head_weight(hidden.dtype)
+        return sliced_cross_entropy(hidden, targets, weight, chunk)
 
 
 def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
