@@ -131,20 +131,20 @@ def test_loss_slices_without_a_label_are_skipped_and_change_nothing(highest_prec
         return llava.loss_terms(p, cfg, batch, chunk=8)
 
     runs = []
-    real = cross_entropy._slice_loss
+    real = cross_entropy.summed_losses
 
     def counting(logits, targets):
         jax.debug.callback(lambda: runs.append(1))
         return real(logits, targets)
 
-    monkeypatch.setattr(cross_entropy, "_slice_loss", counting)
+    monkeypatch.setattr(cross_entropy, "summed_losses", counting)
     got, got_n = jax.jit(sliced)(params)
     jax.effects_barrier()
     assert len(runs) == 1
     jax.jit(jax.grad(lambda p: sliced(p)[0]))(params)
     jax.effects_barrier()
     assert len(runs) == 2  # the gradient's pass, too, projects the one labelled slice only
-    monkeypatch.setattr(cross_entropy, "_slice_loss", real)
+    monkeypatch.setattr(cross_entropy, "summed_losses", real)
 
     want, want_n = via_logits(params)
     assert int(got_n) == int(want_n) == 2 * 7  # positions 16..22 predict labels 17..23

@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from sgv_jax.constants import IGNORE_INDEX
+from sgv_jax.models.llama import LOGIT_AXES, vocab_logits
 from sgv_jax.sharding import constrain
 
-LOGIT_AXES = ("act_batch", "act_seq", "act_vocab")
 WEIGHT_AXES = ("embed", "vocab")  # lm_head's; the accumulated d/d weight is sharded as it is
 
 
@@ -39,13 +39,9 @@ def _slices(x: jax.Array, chunk: int) -> jax.Array:
     return x.reshape(b, length // chunk, chunk, *x.shape[2:]).swapaxes(0, 1)
 
 
-def _logits(hidden: jax.Array, weight: jax.Array) -> jax.Array:
-    logits = jnp.einsum("btd,dv->btv", hidden, weight, preferred_element_type=jnp.float32)
-    return constrain(logits, LOGIT_AXES)
-
-
-def _slice_loss(logits: jax.Array, targets: jax.Array):
-    """(summed losses, counted, logz, safe targets) of one slice's fp32 logits."""
+def summed_losses(logits: jax.Array, targets: jax.Array):
+    """(summed cross-entropy, counted mask, logz, safe targets) of fp32 logits [..., V] against
+    targets [...] (IGNORE_INDEX: not counted)."""
     counted = targets != IGNORE_INDEX
     safe = jnp.where(counted, targets, 0)
     logz = jax.nn.logsumexp(logits, axis=-1)
@@ -66,7 +62,7 @@ def _losses_only(hidden, targets, weight, chunk):
         h, t = xs
 
         def run(h, t):
-            total, counted, _, _ = _slice_loss(_logits(h, weight), t)
+            total, counted, _, _ = summed_losses(vocab_logits(h, weight), t)
             return total, counted.sum()
 
         total, count = jax.lax.cond(_labelled(t), run, lambda h, t: _zero_terms(), h, t)
@@ -85,8 +81,8 @@ def _losses_and_grads(hidden, targets, weight, chunk):
         h, t = xs
 
         def run(h, t, d_weight):
-            logits = _logits(h, weight)
-            loss, counted, logz, safe = _slice_loss(logits, t)
+            logits = vocab_logits(h, weight)
+            loss, counted, logz, safe = summed_losses(logits, t)
             # d loss / d logits: softmax - one-hot at the target, on counted positions only.
             vocab = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
             d_logits = jnp.exp(logits - logz[..., None]) - (vocab == safe[..., None])

@@ -369,6 +369,13 @@ class LlamaModel(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] → fp32 logits [B, T, V]."""
-        w = self.head_weight(hidden.dtype)
-        out = jnp.einsum("btd,dv->btv", hidden, w, preferred_element_type=jnp.float32)
-        return constrain(out, ("act_batch", "act_seq", "act_vocab"))
+        return vocab_logits(hidden, self.head_weight(hidden.dtype))
+
+
+LOGIT_AXES = ("act_batch", "act_seq", "act_vocab")
+
+
+def vocab_logits(hidden: jax.Array, weight: jax.Array) -> jax.Array:
+    """hidden [B, T, D] @ weight [D, V] (both in the compute dtype) → fp32 logits [B, T, V]."""
+    out = jnp.einsum("btd,dv->btv", hidden, weight, preferred_element_type=jnp.float32)
+    return constrain(out, LOGIT_AXES)

@@ -32,7 +32,7 @@ from sgv_jax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from sgv_jax.models import nn
 from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
-from sgv_jax.models.cross_entropy import sliced_cross_entropy
+from sgv_jax.models.cross_entropy import sliced_cross_entropy, summed_losses
 from sgv_jax.models.llama import LlamaModel, unstack_layers
 from sgv_jax.models.nn import REMAT_POLICIES, check_remat
 from sgv_jax.models.projector import Projector
@@ -40,8 +40,8 @@ from sgv_jax.sharding import check_whole_heads, tree_shardings
 
 __all__ = ["REMAT_POLICIES", "LlavaModel", "build_model", "check_remat"]
 
-# Positions of the vocabulary projection the loss computes at once (`cross_entropy.sliced_cross_entropy`):
-# a slice whose targets are all ignored is skipped.
+# Positions of the vocabulary projection the loss computes at once
+# (`cross_entropy.sliced_cross_entropy`); a slice whose targets are all ignored is skipped.
 LOSS_CHUNK = 256
 
 
@@ -141,13 +141,8 @@ class LlavaModel(nnx.Module):
 def token_losses(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Shifted cross-entropy: position t predicts labels[t+1]. Returns (sum of losses over
     counted tokens, number of counted tokens), so callers choose the normalisation."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = labels[:, 1:]
-    counted = targets != IGNORE_INDEX
-    logz = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, jnp.where(counted, targets, 0)[..., None], axis=-1)[..., 0]
-    losses = jnp.where(counted, logz - picked, 0.0)
-    return losses.sum(), counted.sum()
+    total, counted, _, _ = summed_losses(logits[:, :-1].astype(jnp.float32), labels[:, 1:])
+    return total, counted.sum()
 
 
 # ----------------------------------------------------------------------------- building
