@@ -34,7 +34,7 @@ import torch
 from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
 from sgv_jax.generation.decode import generate_tokens
 from sgv_jax.generation.sampling import GREEDY
-from sgv_jax.models.llava import cast_floating, unstack_decoder
+from sgv_jax.models.llava import cast_floating, fuse_decoder
 
 VOCAB, IMAGE_ID, PAD = 32064, 32000, 32001  # llava-hf's vocabulary layout (REFERENCE.md §1.7)
 TEXT_TOKENS = 32
@@ -118,9 +118,10 @@ def main(argv=None):
         roof = roofs.stream_read_gbs(dtype=dtype)
         print(roof.line(), flush=True)
         model = copy.deepcopy(hf_fp32).to(TORCH_DTYPES[dtype])  # the fp32 one stays exact
-        # Once, in the compute dtype and with the decoder's layers unstacked, as the Generator
-        # holds them: not a cast, a host->device copy or a layer split per generate call.
-        params = unstack_decoder(jax.device_put(cast_floating(params_fp32, dtype)))
+        # Once, in the compute dtype and in the decode layout (layers unstacked, q|k|v and
+        # gate|up fused), as the Generator holds them: not a cast, a host->device copy or a
+        # layer split per generate call.
+        params = fuse_decoder(jax.device_put(cast_floating(params_fp32, dtype)))
         kv_per_token = itemsize * 2 * cfg.text.num_layers * cfg.text.num_kv_heads \
             * cfg.text.resolved_head_dim
         print(f"{dtype}: decoder weights {lm_params * itemsize / 1e6:.0f} MB per step, KV cache "
@@ -185,7 +186,7 @@ def time_to_first_token(args) -> None:
     """Prefill of one LLaVA-1.5-sized image prompt (576 image tokens at 336 px) + first token."""
     model, config = build_hf_model(args.ttft_image_size)
     cfg, params = from_llava_hf_state_dict(model.state_dict(), config.to_dict())
-    params = unstack_decoder(jax.device_put(params))
+    params = fuse_decoder(jax.device_put(params))
     ids, pixels = make_prompt(1, cfg.num_image_tokens, cfg.vision.image_size)
     run_hf, run_ours = runners(model, cfg, params, ids, pixels, "float32")
     first = {"hf": run_hf(1)[0, -1].item(), "sgv_jax": int(run_ours(1)[0, 0])}

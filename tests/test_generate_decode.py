@@ -10,7 +10,7 @@ from sgv_jax.generation import decode, prompts
 from sgv_jax.generation.decode import generate_tokens
 from sgv_jax.generation.generator import local_mesh
 from sgv_jax.generation.sampling import SamplingConfig
-from sgv_jax.models import get_preset, llava
+from sgv_jax.models import get_preset, llama, llava
 from tests.test_generate_helpers import tiny_generator
 
 NEW = 10
@@ -156,7 +156,7 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     import re
 
     cfg = get_preset("tiny")
-    params = llava.unstack_decoder(llava.init(cfg, jax.random.key(0)))
+    params = llava.fuse_decoder(llava.init(cfg, jax.random.key(0)))  # the Generator's layout
     _, batch = tiny_batch(cfg, lengths=(9, 4)[:rows], with_image=(True, False)[:rows])
     static = {"cfg": cfg, "sampling": SamplingConfig(), "max_new_tokens": NEW,
               "eos_ids": (-1,), "pad_id": 0, "dtype": "float32"}
@@ -167,3 +167,46 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     shape = "f32[{}]".format(",".join(map(str, block.shape)))
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)
+
+
+def test_the_fused_decode_layout_holds_the_same_weights_and_decodes_the_same(highest_precision):
+    """The Generator's layout (llava.fuse_decoder: each layer's q|k|v and gate|up kernels
+    concatenated, so a decode step runs 4 dots a layer instead of 7) split back is the
+    unstacked tree exactly, and its decoder gives the unfused hidden states and tokens."""
+    cfg = get_preset("tiny_even")  # grouped-query: q is wider than k and v
+    params = llava.init(cfg, jax.random.key(0))
+    unfused, fused = llava.unstack_decoder(params), llava.fuse_decoder(params)
+    layers = fused["language_model"]["layers"]
+    assert set(layers[0]["self_attn"]) == {"qkv_proj", "o_proj"}
+    assert set(layers[0]["mlp"]) == {"gate_up_proj", "down_proj"}
+    for got, want in zip(layers, unfused["language_model"]["layers"]):
+        jax.tree.map(np.testing.assert_array_equal, llama.split_projections(got, cfg.text), want)
+    assert llava.fuse_decoder(fused)["language_model"]["layers"][0] is layers[0]
+
+    _, batch = tiny_batch(cfg)
+
+    def prefill_hidden(tree):
+        model, decoder_layers = llava.from_unstacked(cfg, tree)
+        lm = model.language_model
+        embeds = model.embed_inputs(batch, "float32")
+        cache = llama.init_cache(cfg.text, embeds.shape[0], embeds.shape[1], jnp.float32)
+        positions = decode.prompt_positions(batch["attention_mask"])
+        return lm.decode(embeds, positions, batch["attention_mask"], cache,
+                         layers=decoder_layers, read=llama.READ_INPUTS)[0]
+
+    want = jax.jit(prefill_hidden)(unfused)
+    np.testing.assert_allclose(jax.jit(prefill_hidden)(fused), want, rtol=1e-5,
+                               atol=1e-6 * float(jnp.abs(want).max()))
+    kw = {"max_new_tokens": NEW, "eos_ids": (-1,), "pad_id": 0}
+    np.testing.assert_array_equal(generate_tokens(fused, cfg, batch, SamplingConfig(), **kw),
+                                  generate_tokens(unfused, cfg, batch, SamplingConfig(), **kw))
+
+
+def test_projections_with_adapters_are_not_fused():
+    layer = {"self_attn": {name: {"kernel": np.ones((4, 4))} for name in
+                           ("q_proj", "k_proj", "v_proj", "o_proj")},
+             "mlp": {name: {"kernel": np.ones((4, 4))} for name in
+                     ("gate_proj", "up_proj", "down_proj")}}
+    assert llama.is_fused(llama.fuse_projections(layer))
+    layer["mlp"]["up_proj"]["lora_a"] = np.ones((4, 2))
+    assert llama.fuse_projections(layer) is layer

@@ -42,7 +42,9 @@ class Completion:
 class Generator:
     cfg: VLMConfig
     params: dict  # in the compute dtype, placed on `mesh` when one is given, the decoder's
-    #               layers one tree each (llava.unstack_decoder: no copy per generate call)
+    #               layers one tree each (llava.unstack_decoder: no copy per generate call),
+    #               q|k|v and gate|up fused unless a tensor-parallel mesh splits them
+    #               (llava.fuse_decoder)
     tokenizer: SentencePieceTokenizer
     image_processor: ImageProcessor
     dtype: str = "float32"
@@ -58,7 +60,10 @@ class Generator:
         aspect = aspect or default_aspect(cfg)
         if mesh is not None:
             params = jax.device_put(params, llava.param_shardings(cfg, mesh))
-        params = llava.unstack_decoder(params)
+        if mesh is None or mesh.shape["tensor"] == 1:  # kernels whole on every device
+            params = llava.fuse_decoder(params)
+        else:
+            params = llava.unstack_decoder(params)
         processor = ImageProcessor(ImageConfig(size=cfg.vision.image_size, aspect=aspect))
         return cls(cfg, params, tokenizer, processor, dtype, mesh, bucket)
 

@@ -33,7 +33,12 @@ from sgv_jax.models import nn
 from sgv_jax.models.clip import CLIPVisionTower
 from sgv_jax.models.config import VLMConfig
 from sgv_jax.models.cross_entropy import sliced_cross_entropy, summed_losses
-from sgv_jax.models.llama import LlamaModel, unstack_layers
+from sgv_jax.models.llama import (
+    LlamaModel,
+    fuse_projections,
+    split_projections,
+    unstack_layers,
+)
 from sgv_jax.models.nn import REMAT_POLICIES, check_remat
 from sgv_jax.models.projector import Projector
 from sgv_jax.sharding import check_whole_heads, tree_shardings
@@ -198,12 +203,25 @@ def unstack_decoder(params: dict) -> dict:
     return {**params, "language_model": {**lm, "layers": unstack_layers(lm["layers"])}}
 
 
+def fuse_decoder(params: dict) -> dict:
+    """`unstack_decoder`'s tree with each layer's q|k|v and gate|up kernels concatenated
+    (`llama.fuse_projections`): the layout decode programs read fastest. Outside `jax.jit`,
+    once per loaded model (inside, it would copy the weights on every call). Not for a mesh
+    that splits those kernels' output axis: the concatenation would not follow their shards."""
+    params = unstack_decoder(params)
+    lm = params["language_model"]
+    return {**params, "language_model": {**lm, "layers": [fuse_projections(layer)
+                                                          for layer in lm["layers"]]}}
+
+
 def from_unstacked(cfg: VLMConfig, params: dict) -> tuple[LlavaModel, list]:
-    """The model and its decoder layers over `unstack_decoder`'s tree (inside `jax.jit`):
-    pass the layers to `decode(layers=)`. The model's own stacked layers are stacked from the
-    same trees; nothing that decodes with `layers=` reads them, and XLA drops the stacking."""
+    """The model and its decoder layers over `unstack_decoder`'s or `fuse_decoder`'s tree
+    (inside `jax.jit`): pass the layers to `decode(layers=)`. The model's own stacked layers are
+    stacked from the same trees; nothing that decodes with `layers=` reads them, and XLA drops
+    the stacking."""
     layers = params["language_model"]["layers"]
-    stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *layers)
+    stacked = jax.tree.map(lambda *ws: jnp.stack(ws),
+                           *[split_projections(layer, cfg.text) for layer in layers])
     model = from_params(cfg, {**params, "language_model": {**params["language_model"],
                                                            "layers": stacked}})
     return model, model.language_model.layers_from(layers)

@@ -4,7 +4,7 @@ Every slot holds one request. Its cache row has its own write index (`llama.init
 per_slot=True)`), so requests of any prompt length decode side by side and a finished slot
 is refilled while the others keep going. Two jitted programs, both donating the slot state so
 the cache is updated in place, and both reading the decoder's layers from per-layer buffers
-(`llava.unstack_decoder`; the engine keeps that copy of the weights):
+(`llava.fuse_decoder`, q|k|v and gate|up concatenated; the engine keeps that copy):
 
   prefill_slot  one prompt (right-padded to a length bucket) through the VLM into one slot's
                 cache row, and its first token. Compiled once per (bucket, with/without image).
@@ -178,9 +178,9 @@ class Engine:
             raise ValueError("serving runs on one device; build the Generator without a mesh")
         self.generator = generator
         self.device = device or jax.local_devices()[0]
-        # Per-layer weight buffers (llava.unstack_decoder): a 32-slot step reading the stacked
+        # Per-layer weight buffers (llava.fuse_decoder): a 32-slot step reading the stacked
         # ones spent most of its time copying layers out of the stack.
-        self.params = jax.device_put(llava.unstack_decoder(generator.params), self.device)
+        self.params = jax.device_put(llava.fuse_decoder(generator.params), self.device)
         self.cfg = generator.cfg
         self.slots = slots
         self.row_buckets = row_buckets(slots)
