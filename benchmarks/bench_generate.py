@@ -31,6 +31,7 @@ import numpy as np
 import roofs  # benchmarks/roofs.py, beside this script
 import torch
 
+from sgv_jax import allocator
 from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
 from sgv_jax.generation.decode import generate_tokens
 from sgv_jax.generation.sampling import GREEDY
@@ -110,7 +111,8 @@ def main(argv=None):
                  + hf_fp32.lm_head.weight.numel())
     print(f"model: {n_params / 1e6:.1f}M parameters; decoder weights read per step "
           f"{lm_params / 1e6:.1f}M; jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs",
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), {os.cpu_count()} CPUs; "
+          f"allocator {allocator.in_use()} (both sides)",
           flush=True)
 
     for dtype in args.dtypes.split(","):
@@ -199,4 +201,5 @@ def time_to_first_token(args) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     main()

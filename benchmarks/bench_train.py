@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import optax
 import roofs
 
-from sgv_jax import xla_cpu
+from sgv_jax import allocator, xla_cpu
 from sgv_jax.constants import IGNORE_INDEX
 from sgv_jax.convert.llava_hf import from_llava_hf_state_dict
 from sgv_jax.models import llava
@@ -283,7 +283,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-          f"{os.cpu_count()} CPUs; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"{os.cpu_count()} CPUs; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; allocator "
+          f"{allocator.in_use()} (both sides)")
     hf_cfg = hf_config(args.layers, args.seq)
     model = build_hf(hf_cfg, seed=0)
     cfg, params_np = from_llava_hf_state_dict(model.state_dict(), hf_cfg.to_dict())
@@ -375,4 +376,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     main()

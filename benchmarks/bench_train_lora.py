@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from sgv_jax import allocator
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -155,4 +157,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     main()

@@ -14,7 +14,7 @@ answered and scored through launch/eval.py's harness). Ctrl-C saves the running 
 import os
 import sys
 
-from sgv_jax import cli
+from sgv_jax import allocator, cli
 
 
 def main(argv=None) -> int:
@@ -41,4 +41,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     sys.exit(main())

@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from sgv_jax import allocator
 from sgv_jax.eval.benchmarks import BENCHMARKS
 
 
@@ -90,4 +91,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     main()

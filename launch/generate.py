@@ -11,7 +11,7 @@ Each command's --help lists its flags.
 
 import sys
 
-from sgv_jax import cli
+from sgv_jax import allocator, cli
 
 CHAT = """Multi-turn conversation about one image (or none), in the terminal: vicuna_v1, LLaVA v0
 or MiniGPT-4's demo prompt (--template; default: the checkpoint's family).
@@ -142,4 +142,5 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     sys.exit(main())

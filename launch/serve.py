@@ -10,6 +10,7 @@ POST /v1/chat/completions, GET /v1/models, GET /health; the web chat at http://H
 import argparse
 import os
 
+from sgv_jax import allocator
 from sgv_jax.generation import prompts
 
 
@@ -52,4 +53,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     main()

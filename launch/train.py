@@ -16,7 +16,7 @@ jax.distributed is initialised first: TPU pods auto-detect; otherwise pass
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sgv_jax import cli
+from sgv_jax import allocator, cli
 
 config_flags.DEFINE_config_file("config", None, "Run config file[:variant].", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the final model go here.")
@@ -49,4 +49,5 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
+    allocator.reexec_under_tcmalloc()  # before any work: see sgv_jax/allocator.py
     app.run(main, flags_parser=cli.parse_absl_flags)
