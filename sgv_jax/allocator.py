@@ -41,6 +41,8 @@ def tcmalloc_environment(environ: dict | None = None) -> dict | None:
     preload = environ.get("LD_PRELOAD", "")
     if environ.get(SETTING, "tcmalloc") == "system" or any(n in preload for n in PRELOADED):
         return None
+    if not sys.platform.startswith("linux"):  # LD_PRELOAD is the Linux loader's
+        return None
     library = tcmalloc_library()
     if library is None:
         return None
