@@ -190,8 +190,14 @@ def split_projections(layer: dict, cfg: TextConfig) -> dict:
 
 def unstack_layers(stacked: dict) -> list[dict]:
     """A tree of stacked layer weights [L, ...] as L trees of one layer's weights."""
+    return list(iter_layers(stacked))
+
+
+def iter_layers(stacked: dict):
+    """`unstack_layers` one layer at a time (each sliced when it is asked for)."""
     count = jax.tree.leaves(stacked)[0].shape[0]
-    return [jax.tree.map(lambda w, i=i: w[i], stacked) for i in range(count)]
+    for i in range(count):
+        yield jax.tree.map(lambda w, i=i: w[i], stacked)
 
 
 class LlamaAttention(nnx.Module):

@@ -36,6 +36,7 @@ from sgv_jax.models.cross_entropy import sliced_cross_entropy, summed_losses
 from sgv_jax.models.llama import (
     LlamaModel,
     fuse_projections,
+    iter_layers,
     split_projections,
     unstack_layers,
 )
@@ -207,11 +208,13 @@ def fuse_decoder(params: dict) -> dict:
     """`unstack_decoder`'s tree with each layer's q|k|v and gate|up kernels concatenated
     (`llama.fuse_projections`): the layout decode programs read fastest. Outside `jax.jit`,
     once per loaded model (inside, it would copy the weights on every call). Not for a mesh
-    that splits those kernels' output axis: the concatenation would not follow their shards."""
-    params = unstack_decoder(params)
+    that splits those kernels' output axis: the concatenation would not follow their shards.
+    A stacked tree is sliced and fused one layer at a time, so the copy peaks where
+    `unstack_decoder`'s does (the stacked tree + one unstacked copy)."""
     lm = params["language_model"]
+    layers = lm["layers"] if isinstance(lm["layers"], list) else iter_layers(lm["layers"])
     return {**params, "language_model": {**lm, "layers": [fuse_projections(layer)
-                                                          for layer in lm["layers"]]}}
+                                                          for layer in layers]}}
 
 
 def from_unstacked(cfg: VLMConfig, params: dict) -> tuple[LlavaModel, list]:
