@@ -59,9 +59,12 @@ FAULTS = """
     x = jnp.ones((2048, 2048), jnp.float32)
     for _ in range(2):
         f(x).block_until_ready()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    f(x).block_until_ready()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults = []
+    for _ in range(3):  # the fewest of three runs: one run may coincide with other work
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        f(x).block_until_ready()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(min(faults))
 """
 
 
