@@ -184,7 +184,7 @@ def jax_side(cfg: VLMConfig, params_np: dict, batch_np: dict, steps: int, warmup
                                   freeze_pad_row=True)
     jitted = jax.jit(fn, donate_argnums=(0,),
                      compiler_options=xla_cpu.options_for(jax.default_backend(),
-                                                           xla_cpu.LARGE_DOTS))
+                                                           xla_cpu.train_options(dtype)))
     t0 = time.perf_counter()
     compiled = jitted.lower(state, frozen, batch).compile()
     compile_s = time.perf_counter() - t0

@@ -89,6 +89,11 @@ def xla_matmul_gflops(m: int, k: int, n: int, dtype: str = "float32", a=None, b=
     b = rng.standard_normal((k, n), np.float32) if b is None else b
     ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
     matmul = jax.jit(jnp.matmul)
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        # As the model's bf16 linears multiply (models/nn.py `dot_general`): an fp32 result
+        # rounded once, which XLA:CPU runs with bf16 kernels; a bf16-result dot it upcasts.
+        matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32)
+                         .astype(x.dtype))
     return 2.0 * m * k * n / _best_seconds(lambda: matmul(ja, jb).block_until_ready()) / 1e9
 
 

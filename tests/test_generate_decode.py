@@ -147,8 +147,8 @@ def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same
     assert decode_program._cache_size() == 1
 
 
-@pytest.mark.parametrize("rows", [1, 2])
-def test_the_decode_loop_writes_its_cache_in_place(rows):
+@pytest.mark.parametrize("rows,dtype", [(1, "float32"), (2, "float32"), (2, "bfloat16")])
+def test_the_decode_loop_writes_its_cache_in_place(rows, dtype):
     # Each step reads the cache blocks before writing its key (LlamaModel.decode's READ_FIRST) and
     # CPU copy insertion is region-analysed (xla_cpu.DECODE_LOOP): no block of the loop-carried cache
     # is copied. Before, every step copied each block up to four times (a quarter of a batch-1
@@ -156,15 +156,19 @@ def test_the_decode_loop_writes_its_cache_in_place(rows):
     import re
 
     cfg = get_preset("tiny")
-    params = llava.fuse_decoder(llava.init(cfg, jax.random.key(0)))  # the Generator's layout
+    # The Generator's layout, in the compute dtype (bf16 loops compile with YNNPACK's dots).
+    params = llava.fuse_decoder(llava.cast_floating(llava.init(cfg, jax.random.key(0)), dtype))
     _, batch = tiny_batch(cfg, lengths=(9, 4)[:rows], with_image=(True, False)[:rows])
     static = {"cfg": cfg, "sampling": SamplingConfig(), "max_new_tokens": NEW,
-              "eos_ids": (-1,), "pad_id": 0, "dtype": "float32"}
+              "eos_ids": (-1,), "pad_id": 0, "dtype": dtype}
     state = decode.prefill(params, batch, jax.random.key(0), **static)
     block = state["cache"]["k"][0][0]
+    assert block.dtype == jnp.dtype(dtype)
     text = decode.decode_steps.lower(params, state, np.int32(NEW), np.zeros(rows, bool),
                                      **static).compile().as_text()
-    shape = "f32[{}]".format(",".join(map(str, block.shape)))
+    assert ("__ynn_fusion" in text) == (dtype == "bfloat16")
+    shape = "{}[{}]".format({"float32": "f32", "bfloat16": "bf16"}[dtype],
+                            ",".join(map(str, block.shape)))
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)
 

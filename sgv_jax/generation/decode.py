@@ -104,7 +104,11 @@ def prefill(params: dict, batch: dict, key: jax.Array, *, cfg: VLMConfig,
             "seen": _mark_seen(seen, token), "key": key}
 
 
-@functools.partial(xla_cpu.CpuOptionsJit, xla_cpu.DECODE_LOOP, static_argnames=_STATIC,
+def _loop_options(*_, dtype: str, **__) -> dict:
+    return xla_cpu.decode_loop_options(dtype)
+
+
+@functools.partial(xla_cpu.CpuOptionsJit, _loop_options, static_argnames=_STATIC,
                    donate_argnames=("state",))
 def decode_steps(params: dict, state: State, stop_at: jax.Array, finished: jax.Array, *,
                  cfg: VLMConfig, sampling: SamplingConfig, max_new_tokens: int,

@@ -163,7 +163,8 @@ def build_layout(config, model: VLMConfig, mesh: Mesh, total_steps: int) -> Trai
     step_fn = step_lib.make_train_step(model, optimizer, schedule, compute_dtype, config.remat,
                                        config.freeze_pad_row, no_grad_below, config.seed)
     state_sh, frozen_sh = _shardings(abs_state), _shardings(abs_frozen)
-    options = xla_cpu.options_for(mesh.devices.flat[0].platform, xla_cpu.LARGE_DOTS)
+    options = xla_cpu.options_for(mesh.devices.flat[0].platform,
+                                  xla_cpu.train_options(compute_dtype))
     train_step = jax.jit(step_fn, in_shardings=(state_sh, frozen_sh, None),
                          out_shardings=(state_sh, None), donate_argnums=(0,),
                          compiler_options=options)
