@@ -21,9 +21,10 @@ would run if each part ran at its own shape's isolated rate. FLOP counts:
   * for JAX, the FLOPs it actually runs: the analytic count less the lm_head of the loss slices
     it skips because no row has a label there (the image's positions; HF projects them all);
   * and, for reference, the naive 6 * N_trained * tokens.
-`--dtype bfloat16` runs both sides in bf16 (JAX: bf16 compute, fp32 master weights and Adam;
-torch: `torch.autocast("cpu", bfloat16)`, which reaches AMX through oneDNN where the CPU has
-it) and quotes the bf16 roofs. Prints numbers and the load average; asserts nothing.
+`--dtype bfloat16` runs both sides in bf16 (JAX: bf16 compute, fp32 master weights and Adam,
+the linears' bf16 dots run by YNNPACK's bf16 kernels, `sgv_jax/models/nn.py` `dot_general`;
+torch: `torch.autocast("cpu", bfloat16)`, which reaches AVX512-BF16 or AMX through oneDNN where
+the CPU has them) and quotes the bf16 roofs. Prints numbers and the load average; asserts nothing.
 
     .venv/bin/python benchmarks/bench_train.py [--steps 5] [--batch 2] [--seq 512] [--layers 8]
                                                [--dtype float32|bfloat16] [--remat none]

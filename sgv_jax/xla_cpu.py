@@ -3,8 +3,9 @@
 jax 0.10's XLA:CPU hands dots, and by default also reductions and some elementwise work, to
 YNNPACK fusions. What is fastest depends on the program's shapes, so each kind of program
 compiles with its own options (`jax.jit(compiler_options=...)`), and only for CPU devices: they
-are XLA:CPU options, and a backend whose compiler lacks them would reject them by name. All
-figures are from a 2-core Zen 3 (AVX2), in process.
+are XLA:CPU options, and a backend whose compiler lacks them would reject them by name. The
+fp32 figures are from a 2-core Zen 3 (AVX2), the bf16 ones from a 2-core Zen 4 (AVX512-BF16),
+in process.
 
 - `LARGE_DOTS`, train and eval steps: YNNPACK for dot fusions only. Its reductions (the
   softmax's max and sum) and stand-alone dots were slower than XLA's own code: bench_train.py's
