@@ -31,9 +31,10 @@ import jax
 LARGE_DOTS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 BF16_DOTS = {}  # XLA:CPU's defaults: see `train_options`
 FEW_ROW_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNPACK fusions
-DECODE_LOOP = {**FEW_ROW_DOTS, "xla_cpu_copy_insertion_use_region_analysis": True}
+IN_PLACE_LOOP = {"xla_cpu_copy_insertion_use_region_analysis": True}  # see DECODE_LOOP above
+DECODE_LOOP = {**FEW_ROW_DOTS, **IN_PLACE_LOOP}
 # A decode loop over bf16 weights: YNNPACK's bf16 dots (see `decode_loop_options`).
-BF16_DECODE_LOOP = {"xla_cpu_copy_insertion_use_region_analysis": True}
+BF16_DECODE_LOOP = {**BF16_DOTS, **IN_PLACE_LOOP}
 
 
 def decode_loop_options(dtype) -> dict:

@@ -79,10 +79,9 @@ def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_t
             and out_sharding is None and jax.default_backend() == "cpu"):
         # Named so that the `dots` remat policies keep it, as they keep a plain dot.
         return checkpoint_name(_bf16_matmul(lhs, rhs), HALF_DOT)
-    kwargs = {} if preferred_element_type is None else {
-        "preferred_element_type": preferred_element_type}
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               out_sharding=out_sharding, **kwargs)
+                               preferred_element_type=preferred_element_type,
+                               out_sharding=out_sharding)
 
 
 def linear(d_in: int, d_out: int, axes: tuple[str | None, str | None], bias: bool,
