@@ -124,3 +124,18 @@ def test_decode_loops_take_their_options_from_the_weights_dtype():
     np.testing.assert_allclose(program(x, scale=2), 2 * (x @ x), rtol=1e-5, atol=1e-4)
     program(x, scale=2)
     assert program._cache_size() == 1 and calls == [1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("shape", [(1, 96), (1, 1, 96), (3, 96)])
+def test_one_bf16_row_is_padded_into_a_yNNPACK_dot_with_the_same_numbers(shape):
+    """A batch-1 decode step's bf16 linears and vocabulary projection (nn.matmul_f32): XLA:CPU
+    gives no one-row dot to YNNPACK, so the row is padded to two; the result is the fp32
+    product of the bf16 operands, in the input's leading shape."""
+    x = jax.random.normal(jax.random.key(1), shape).astype(jnp.bfloat16)
+    kernel = (0.1 * jax.random.normal(jax.random.key(2), (96, 160))).astype(jnp.bfloat16)
+    got = jax.jit(nn.matmul_f32)(x, kernel)
+    assert got.shape == (*shape[:-1], 160) and got.dtype == jnp.float32
+    want = x.astype(jnp.float32) @ kernel.astype(jnp.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    text = jax.jit(nn.matmul_f32).lower(x, kernel).compile().as_text()
+    assert "__ynn_fusion" in text

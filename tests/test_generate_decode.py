@@ -147,7 +147,8 @@ def test_decode_programs_compile_without_ynnpack_dots_on_cpu_and_decode_the_same
     assert decode_program._cache_size() == 1
 
 
-@pytest.mark.parametrize("rows,dtype", [(1, "float32"), (2, "float32"), (2, "bfloat16")])
+@pytest.mark.parametrize("rows,dtype", [(1, "float32"), (2, "float32"), (1, "bfloat16"),
+                                        (2, "bfloat16")])
 def test_the_decode_loop_writes_its_cache_in_place(rows, dtype):
     # Each step reads the cache blocks before writing its key (LlamaModel.decode's READ_FIRST) and
     # CPU copy insertion is region-analysed (xla_cpu.DECODE_LOOP): no block of the loop-carried cache
@@ -163,11 +164,11 @@ def test_the_decode_loop_writes_its_cache_in_place(rows, dtype):
               "eos_ids": (-1,), "pad_id": 0, "dtype": dtype}
     state = decode.prefill(params, batch, jax.random.key(0), **static)
     block = state["cache"]["k"][0][0]
-    assert block.dtype == jnp.dtype(dtype)
+    assert block.dtype == llama.cache_storage_dtype(dtype)  # bf16 as its bits: uint16
     text = decode.decode_steps.lower(params, state, np.int32(NEW), np.zeros(rows, bool),
                                      **static).compile().as_text()
     assert ("__ynn_fusion" in text) == (dtype == "bfloat16")
-    shape = "{}[{}]".format({"float32": "f32", "bfloat16": "bf16"}[dtype],
+    shape = "{}[{}]".format({"float32": "f32", "bfloat16": "u16"}[dtype],
                             ",".join(map(str, block.shape)))
     assert re.search(r"dynamic-update-slice", text)
     assert not re.findall(rf"= {re.escape(shape)}\S* copy\(", text)

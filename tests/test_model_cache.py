@@ -164,3 +164,38 @@ def test_writes_across_cache_blocks_land_at_their_slots(highest_precision):
             np.testing.assert_allclose(jnp.concatenate(layer_blocks, axis=2), layer_whole[0],
                                        atol=0 if i == 0 else 1e-6, rtol=0)
     assert float(jnp.abs(whole["k"][0][0][0, :, 3:6]).min()) > 0  # the tokens were written
+
+
+@pytest.mark.parametrize("per_slot", [False, True])
+def test_a_bf16_cache_holds_its_keys_bits_and_decodes_like_the_forward(per_slot):
+    """bf16 keys and values are stored as their bits (uint16: XLA:CPU has no bf16 in-place
+    write), through both writes (one dynamic slice; per-slot scatters into blocks of 4): read
+    back they are the keys exactly, and cached bf16 decoding gives the bf16 full forward's
+    logits up to bf16 rounding."""
+    storage = llama.cache_storage_dtype(jnp.bfloat16)
+    assert storage == jnp.uint16
+    blocks = [jnp.zeros((2, 3, 4, 8), storage) for _ in range(2 if per_slot else 1)]
+    new = jax.random.normal(jax.random.key(0), (2, 2, 3, 8)).astype(jnp.bfloat16)  # [B, T, K, H]
+    index = jnp.asarray([1, 3]) if per_slot else jnp.asarray(2)  # row 1 spans both blocks
+    cached = jnp.concatenate([llama.from_cache(b) for b in llama._write_kv(blocks, new, index)],
+                             axis=2)
+    assert cached.dtype == jnp.bfloat16
+    for row, start in enumerate(np.broadcast_to(np.asarray(index), (2,))):
+        np.testing.assert_array_equal(cached[row, :, start:start + 2],
+                                      new[row].transpose(1, 0, 2))
+
+    lm = language_model(0)
+    nnx.update(lm, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(lm, nnx.Param)))
+    ids = jnp.asarray(np.random.default_rng(0).integers(1, lm.cfg.vocab_size, (2, 7)), jnp.int32)
+    positions = llava.default_positions(ids)
+    full, _ = lm.decode(lm.embed(ids, jnp.bfloat16), positions, jnp.ones_like(ids))
+    cache = llama.init_cache(lm.cfg, 2, 8, jnp.bfloat16, per_slot=per_slot,
+                             block=4 if per_slot else None)
+    got = []
+    for t in range(ids.shape[1]):
+        hidden, cache = lm.decode(lm.embed(ids[:, t:t + 1], jnp.bfloat16), positions[:, t:t + 1],
+                                  jnp.ones_like(ids[:, :1]), cache)
+        got.append(lm.logits(hidden))
+    want = lm.logits(full)
+    scale = float(jnp.abs(want).max())
+    np.testing.assert_allclose(np.concatenate(got, axis=1), want, atol=0.01 * scale, rtol=0)

@@ -85,10 +85,13 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool 
     thread time in those copies). Heads-major, the layout attention reads: a sequence-major
     cache was transposed in full at every step.
 
+    A bf16 cache holds its values' bits (uint16: `cache_storage_dtype`, `from_cache`).
+
     `index` is where the next tokens are written: a scalar (every row at the same slot, prompts
     left-padded) or, with `per_slot`, an int32 [B] (each row at its own slot: continuous
     batching)."""
     block = block or max_len
+    dtype = cache_storage_dtype(dtype)
     if max_len % block:
         raise ValueError(f"a cache of {max_len} slots cannot be split into blocks of {block}")
     shape = (batch, cfg.num_kv_heads, block, cfg.resolved_head_dim)
@@ -102,6 +105,31 @@ def init_cache(cfg: TextConfig, batch: int, max_len: int, dtype, per_slot: bool 
             "index": index}
 
 
+def cache_storage_dtype(dtype) -> jnp.dtype:
+    """The KV cache's element type for keys and values of `dtype`: bf16 as its bits (uint16).
+    XLA:CPU has no bf16 scatter or dynamic update: it converted every block a step wrote to
+    fp32, updated it and converted it back, rewriting each one whole (a 32-slot serving step of
+    bench_generate.py's model in bf16 rewrote 40 blocks of 5 MB). An integer write is done in
+    place, and bitcasting between types of one width costs nothing on any backend."""
+    return jnp.dtype(jnp.uint16) if jnp.dtype(dtype) == jnp.bfloat16 else jnp.dtype(dtype)
+
+
+def _cached_values_dtype(storage: jnp.dtype) -> jnp.dtype:
+    return jnp.dtype(jnp.bfloat16) if storage == jnp.uint16 else storage
+
+
+def to_cache(x: jax.Array, storage: jnp.dtype) -> jax.Array:
+    """Keys or values as a cache of element type `storage` holds them."""
+    x = x.astype(_cached_values_dtype(storage))
+    return jax.lax.bitcast_convert_type(x, storage) if x.dtype != storage else x
+
+
+def from_cache(block: jax.Array) -> jax.Array:
+    """A cache block's keys or values (the inverse of `to_cache`)."""
+    values = _cached_values_dtype(block.dtype)
+    return jax.lax.bitcast_convert_type(block, values) if values != block.dtype else block
+
+
 def cache_block_size(cache: dict) -> int:
     return cache["k"][0][0].shape[2]
 
@@ -110,7 +138,7 @@ def _write_kv(blocks: list[jax.Array], new: jax.Array, index: jax.Array) -> list
     """Writes new [B, T, K, H] at slots [index_b, index_b + T) of one layer's blocks
     [B, K, S', H]: one dynamic slice into a single block when `index` is shared, else a
     scatter per block that drops the slots outside it."""
-    new = new.astype(blocks[0].dtype)
+    new = to_cache(new, blocks[0].dtype)
     if index.ndim == 0 and len(blocks) == 1:
         return [jax.lax.dynamic_update_slice(blocks[0], new.transpose(0, 2, 1, 3),
                                              (0, 0, index, 0))]
@@ -311,14 +339,15 @@ class LlamaDecoderLayer(nnx.Module):
             old_k, old_v = ks[:used], vs[:used]
             ks = _write_kv(ks[:used], k, index) + ks[used:]
             vs = _write_kv(vs[:used], v, index) + vs[used:]
+            values = _cached_values_dtype(ks[0].dtype)
             if read == READ_FIRST:
                 # The new keys as the cache holds them (its dtype), heads-major as its blocks.
-                k = old_k + [k.astype(ks[0].dtype).transpose(0, 2, 1, 3)]
-                v = old_v + [v.astype(vs[0].dtype).transpose(0, 2, 1, 3)]
+                k = [from_cache(x) for x in old_k] + [k.astype(values).transpose(0, 2, 1, 3)]
+                v = [from_cache(x) for x in old_v] + [v.astype(values).transpose(0, 2, 1, 3)]
             elif read == READ_INPUTS:  # as the cache holds them, sequence-major as computed
-                k, v = k.astype(ks[0].dtype), v.astype(vs[0].dtype)
-            else:
-                k, v = ks[:used], vs[:used]  # lists of [B, K, S', H] blocks, read in place
+                k, v = k.astype(values), v.astype(values)
+            else:  # lists of [B, K, S', H] blocks, read in place
+                k, v = [from_cache(x) for x in ks[:used]], [from_cache(x) for x in vs[:used]]
             if isinstance(k, list) and k[0].shape[0] > x.shape[0]:  # inputs: the first rows
                 k, v = ([blk[:x.shape[0]] for blk in blocks] for blocks in (k, v))
             cache = (ks, vs)
@@ -471,5 +500,5 @@ LOGIT_AXES = ("act_batch", "act_seq", "act_vocab")
 
 def vocab_logits(hidden: jax.Array, weight: jax.Array) -> jax.Array:
     """hidden [B, T, D] @ weight [D, V] (both in the compute dtype) → fp32 logits [B, T, V]."""
-    out = jnp.einsum("btd,dv->btv", hidden, weight, preferred_element_type=jnp.float32)
+    out = nn.matmul_f32(hidden, weight)
     return constrain(out, LOGIT_AXES)
