@@ -33,17 +33,24 @@ BF16_DOTS = {}  # XLA:CPU's defaults: see `train_options`
 FEW_ROW_DOTS = {"xla_cpu_experimental_ynn_fusion_type": ""}  # "": no YNNPACK fusions
 IN_PLACE_LOOP = {"xla_cpu_copy_insertion_use_region_analysis": True}  # see DECODE_LOOP above
 DECODE_LOOP = {**FEW_ROW_DOTS, **IN_PLACE_LOOP}
-# A decode loop over bf16 weights: YNNPACK's bf16 dots (see `decode_loop_options`).
-BF16_DECODE_LOOP = {**BF16_DOTS, **IN_PLACE_LOOP}
+
+
+def decode_step_options(dtype) -> dict:
+    """A decode step's options (a serving step; the loop adds `IN_PLACE_LOOP`) for its weights'
+    dtype. fp32: `FEW_ROW_DOTS`. bf16: XLA's defaults. XLA's own dots have no bf16 kernel
+    (they convert every weight to fp32 on every step); YNNPACK's do, for the bf16 dots with an
+    fp32 result that `models.nn.dot_general` asks for. Chained [R, 640] @ [640, 1920 | 3456]
+    products over 80 MB of bf16 weights, Zen 4: R = 2-8 rows 5.2-6.1 ms with YNNPACK vs
+    16-17 ms without (fp32: 10 ms); one row 12.2 vs 13.4 ms. A serving step of
+    bench_generate.py's model in bf16 (serve.engine.decode_step, 256 slots attended, Zen 4):
+    8 rows 51.5 -> 16.7 ms, 32 rows 87.0 -> 53.2 ms; one row 18.7 -> 20.7 ms."""
+    return BF16_DOTS if jax.numpy.dtype(dtype) == jax.numpy.bfloat16 else FEW_ROW_DOTS
 
 
 def decode_loop_options(dtype) -> dict:
-    """A decode loop's options for its weights' dtype. fp32: `DECODE_LOOP`. bf16: XLA's own
-    dots have no bf16 kernel (they convert every weight to fp32 on every step); YNNPACK's do,
-    for the bf16 dots with an fp32 result that `models.nn.dot_general` asks for. Chained
-    [R, 640] @ [640, 1920 | 3456] products over 80 MB of bf16 weights, Zen 4: R = 2-8 rows
-    5.2-6.1 ms with YNNPACK vs 16-17 ms without (fp32: 10 ms); one row 12.2 vs 13.4 ms."""
-    return BF16_DECODE_LOOP if jax.numpy.dtype(dtype) == jax.numpy.bfloat16 else DECODE_LOOP
+    """A decode loop's options for its weights' dtype: `decode_step_options` and the cache
+    written in place (`DECODE_LOOP` in fp32)."""
+    return {**decode_step_options(dtype), **IN_PLACE_LOOP}
 
 
 def train_options(compute_dtype) -> dict:

@@ -198,3 +198,28 @@ def test_slots_split_over_two_devices_decode_what_one_engine_decodes(gen):
     assert all(e.index.max() > 0 for e in group.engines)  # both devices decoded
     with pytest.raises(ValueError, match="3 devices for 2 slots"):
         EngineGroup(gen, slots=2, devices=jax.local_devices()[:3])
+
+
+def test_a_bf16_engine_steps_with_bf16_dots_and_writes_its_cache_in_place():
+    """bf16 serving steps compile with YNNPACK's bf16 dots (xla_cpu.decode_step_options), one row
+    included (nn.matmul_f32 pads it to two), and no fp32 or bf16 copy of a cache block: the
+    blocks hold uint16 bits, written in place. Before, every step converted each weight to fp32
+    and rewrote each block it wrote as fp32 and back (a 32-row step of bench_generate.py's model
+    108.6 -> 52.8 ms)."""
+    import re
+
+    from sgv_jax.serve.engine import decode_step
+
+    gen = tiny_generator(dtype="bfloat16")
+    engine = Engine(gen, slots=9)
+    block = engine.state["cache"]["k"][0][0]
+    assert block.dtype == np.uint16
+    shape = ",".join(map(str, block.shape))
+    for rows in engine.row_buckets:
+        text = decode_step.lower(engine.params, engine.state, np.ones(rows, bool), rows=rows,
+                                 attend=engine.block, **engine.static).compile().as_text()
+        entry = text[text.index("\nENTRY"):]  # the program's buffers, not fusions' insides
+        writes = re.findall(rf"%\S*(?:dynamic-update-slice|scatter)\S* = (\w+)\[{shape}\]", entry)
+        assert writes and set(writes) == {"u16"}
+        assert "__ynn_fusion" in text
+        assert not re.findall(r"= f32\[\d+,\d+\]\S* fusion\(%params", entry)  # weight upcasts

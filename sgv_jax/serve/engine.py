@@ -15,8 +15,9 @@ the cache is updated in place, and both reading the decoder's layers from per-la
                 client pays for one row, not for every slot. One program per (rows, block
                 count), all compiled by `warm_up`. The cache keeps each layer's slots in
                 per-block buffers (llama.init_cache), so a step reads the blocks it attends to
-                in place. Compiled with `xla_cpu.FEW_ROW_DOTS` (on CPU without
-                YNNPACK's dot fusions, which are slow for few-row steps).
+                in place. Compiled with `xla_cpu.decode_step_options` (on CPU in fp32
+                without YNNPACK's dot fusions, which are slow for few-row steps; in bf16
+                with them, the only bf16 dots XLA:CPU has).
 
 Sampling settings and seeds are traced arrays ([B] per slot), so a request never recompiles.
 Rows sample with key fold_in(key(seed), i) for their i-th token: a seeded request gives the
@@ -136,7 +137,11 @@ def row_buckets(slots: int) -> list[int]:
     return buckets + [slots] if slots > 1 else buckets
 
 
-@functools.partial(xla_cpu.CpuOptionsJit, xla_cpu.FEW_ROW_DOTS,
+def _step_options(*_, dtype: str, **__) -> dict:
+    return xla_cpu.decode_step_options(dtype)
+
+
+@functools.partial(xla_cpu.CpuOptionsJit, _step_options,
                    static_argnames=(*_STATIC, "attend", "rows"),
                    donate_argnames=("state",))
 def decode_step(params: dict, state: SlotState, active: jax.Array, *, cfg: VLMConfig,
