@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sgv_jax.models import nn
+
 REPEATS = 5
 
 
@@ -108,6 +110,11 @@ def stream_read_gbs(nbytes: int = 512 << 20, dtype: str = "float32") -> Roof:
     jw, tw = jnp.asarray(w, dtype), torch.from_numpy(w).to(_torch_dtype(dtype))
     del w
     gemv = jax.jit(jnp.matmul)
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        # As the model's bf16 linears multiply (models/nn.py `matmul_f32`: an fp32 result, one
+        # row padded to two), which XLA:CPU runs with bf16 kernels; its own bf16 gemv converts
+        # the whole matrix to fp32 on every call (1-8 GB/s here).
+        gemv = jax.jit(lambda a, b: nn.matmul_f32(a, b).astype(a.dtype))
     xla = tt = float("inf")
     for vector_first in (False, True):  # W [rows, cols] @ x [cols], then x [1, rows] @ W
         shape = (1, rows) if vector_first else (cols,)
