@@ -339,8 +339,9 @@ def main(argv=None) -> None:
     if "jax" in res and res["jax"]["xla_flops"]:
         xf = res["jax"]["xla_flops"]
         print(f"FLOPs per step: XLA cost_analysis of the compiled JAX step = {xf / 1e9:.1f} G "
-              f"({xf / counts['total']:.3f} x analytic: XLA counts each scanned loop body, the "
-              f"decoder layers included, once)")
+              f"({xf / counts['total']:.3f} x analytic: XLA counts each loop body once, so "
+              f"scanned decoder layers once; on CPU in bf16 they are unrolled, "
+              f"models/nn.py scan_layers)")
 
     roof = {side: step_roof(counts, part_roofs[args.dtype], "xla" if side == "jax" else "torch")
             for side in ("jax", "torch")}

@@ -224,9 +224,9 @@ def scan_layers(layers: nnx.Module, body: Callable, carry: Any, xs: Any = None, 
                 start: int = 0, stop: int | None = None, remat: str = "none") -> tuple[Any, Any]:
     """Run `body(layer, carry, x) -> (carry, y)` over layers[start:stop] with `lax.scan`.
 
-    The compiled program holds one layer body whatever the depth; under FSDP each layer's
-    weights are gathered inside the loop. `xs` (e.g. a stacked KV cache) is scanned along with
-    the layers. Returns (carry, stacked ys)."""
+    The compiled program holds one layer body whatever the depth (but for bf16 on CPU, see
+    below); under FSDP each layer's weights are gathered inside the loop. `xs` (e.g. a stacked
+    KV cache) is scanned along with the layers. Returns (carry, stacked ys)."""
     check_remat(remat)
     graphdef, state = nnx.split(layers)
     state = jax.tree.map(lambda w: w[start:stop], nnx.to_pure_dict(state))
@@ -243,4 +243,10 @@ def scan_layers(layers: nnx.Module, body: Callable, carry: Any, xs: Any = None, 
     policy = REMAT_POLICIES[remat]
     if policy is not None:
         step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-    return jax.lax.scan(step, carry, (state, xs))
+    # XLA:CPU has no bf16 dynamic update: the scan's stacked bf16 residuals were converted to
+    # fp32, updated and converted back at every layer, each buffer rewritten whole L times.
+    # Unrolled, there is no stacked buffer (bench_train.py's bf16 step 1.97 -> 1.61 s; its fp32
+    # step gains nothing: 2.99 vs 3.09 s, so fp32 and other backends keep the loop).
+    bf16_on_cpu = (jax.default_backend() == "cpu"
+                   and any(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(carry)))
+    return jax.lax.scan(step, carry, (state, xs), unroll=count if bf16_on_cpu else 1)
