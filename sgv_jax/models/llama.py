@@ -341,7 +341,8 @@ class LlamaDecoderLayer(nnx.Module):
             vs = _write_kv(vs[:used], v, index) + vs[used:]
             values = _cached_values_dtype(ks[0].dtype)
             if read == READ_FIRST:
-                # The new keys as the cache holds them (its dtype), heads-major as its blocks.
+                # The new keys as the cache holds them (rounded to its values' dtype),
+                # heads-major as its blocks.
                 k = [from_cache(x) for x in old_k] + [k.astype(values).transpose(0, 2, 1, 3)]
                 v = [from_cache(x) for x in old_v] + [v.astype(values).transpose(0, 2, 1, 3)]
             elif read == READ_INPUTS:  # as the cache holds them, sequence-major as computed
