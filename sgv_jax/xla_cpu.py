@@ -10,15 +10,17 @@ in process.
 - `LARGE_DOTS`, train and eval steps: YNNPACK for dot fusions only. Its reductions (the
   softmax's max and sum) and stand-alone dots were slower than XLA's own code: bench_train.py's
   step 5.48 s by default, 4.85 s with this, 5.92 s with YNNPACK off.
-- `FEW_ROW_DOTS`, decode steps: no YNNPACK fusions. For few-row dots and a decode step's batched
-  per-row attention reads they are slower than XLA's own dots (bench_serve.py's model: a 32-row
-  serving step attending 256 positions 49 -> 35 ms, 8 rows 24 -> 15 ms, 1 row unchanged; the
-  Generator's batch-8 decode 511 -> 583 tok/s, batch 1 unchanged).
+- `FEW_ROW_DOTS`, fp32 decode steps: no YNNPACK fusions. For few-row dots and a decode step's
+  batched per-row attention reads they are slower than XLA's own dots (bench_serve.py's model:
+  a 32-row serving step attending 256 positions 49 -> 35 ms, 8 rows 24 -> 15 ms, 1 row
+  unchanged; the Generator's batch-8 decode 511 -> 583 tok/s, batch 1 unchanged).
 - `DECODE_LOOP`, a decode loop that carries the KV cache (decode.decode_steps): `FEW_ROW_DOTS`
   and region-analysed copy insertion. Without it XLA:CPU copied every cache block of the loop
   state before each step's write (with LlamaModel.decode's READ_FIRST: none; batch 1
   13.4 -> 11.6 ms a step on bench_generate.py's model). A one-step serving program is slower
   with it (8 rows 10.5 -> 13.1 ms), so it is the loop's alone.
+- bf16 decode steps and loops keep XLA's defaults, whose YNNPACK fusions are the only bf16 dots
+  XLA:CPU has (`decode_step_options`).
 """
 
 from __future__ import annotations
