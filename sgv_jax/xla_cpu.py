@@ -41,11 +41,12 @@ def decode_step_options(dtype) -> dict:
     """A decode step's options (a serving step; the loop adds `IN_PLACE_LOOP`) for its weights'
     dtype. fp32: `FEW_ROW_DOTS`. bf16: XLA's defaults. XLA's own dots have no bf16 kernel
     (they convert every weight to fp32 on every step); YNNPACK's do, for the bf16 dots with an
-    fp32 result that `models.nn.dot_general` asks for. Chained [R, 640] @ [640, 1920 | 3456]
-    products over 80 MB of bf16 weights, Zen 4: R = 2-8 rows 5.2-6.1 ms with YNNPACK vs
-    16-17 ms without (fp32: 10 ms); one row 12.2 vs 13.4 ms. A serving step of
-    bench_generate.py's model in bf16 (serve.engine.decode_step, 256 slots attended, Zen 4):
-    8 rows 51.5 -> 16.7 ms, 32 rows 87.0 -> 53.2 ms; one row 18.7 -> 20.7 ms."""
+    fp32 result that `models.nn.dot_general` asks for (one row padded to two: `matmul_f32`).
+    Chained [R, 640] @ [640, 1920 | 3456] products over 80 MB of bf16 weights, Zen 4: R = 2-8
+    rows 5.2-6.1 ms with YNNPACK vs 16-17 ms without (fp32: 10 ms). A serving step of
+    bench_generate.py's model in bf16 (serve.engine.decode_step, 256 slots attended, Zen 4,
+    with the cache's in-place writes): 1 row 26.2 -> 10.4 ms, 8 rows 37.9 -> 17.5 ms, 32 rows
+    88.4 -> 52.8 ms."""
     return BF16_DOTS if jax.numpy.dtype(dtype) == jax.numpy.bfloat16 else FEW_ROW_DOTS
 
 
